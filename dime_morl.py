@@ -1,38 +1,29 @@
 # docs and experiment results: docs/dime_morl.md
 """Online multi-objective MPO: DiME, linear scalarization (LS) and MO-MPO (paper Sec. 3, 4, 6.1; App. A-D.1).
 
-Policy iteration with one distributional critic head per objective (policy evaluation, C51) and an
-MPO-style policy improvement: a non-parametric E-step per objective, q_k ∝ π_i exp(Q_k/η_k) (eq. 38)
-with a learned temperature (dual, eq. 45), then a supervised M-step (projection) that differs by method:
+Policy iteration: one C51 critic head per objective evaluates π_i; a non-parametric E-step per objective,
+q_k ∝ π_i exp(Q_k/η_k) (eq. 38) with a learned temperature (dual, eq. 45), then a supervised M-step:
+    dime   minimise Σ_k α_k KL(q_k ‖ π_θ)  (eq. 3, 51), one ε for every k
+    ls     one q ∝ π_i exp(Σ_k α_k Q_k / η)  (Table 1), one temperature
+    mompo  minimise Σ_k KL(q_k ‖ π_θ) with ε_k = α_k·ε  (MO-MPO, the comparison of Fig. 4b)
+--env-id: `schaffer`, `fonseca_fleming` are one-step bandits, a ∈ R, rewards -f(a) (App. D.1.1): the exact
+reward is Q_k, so there is no critic, actor or replay. `<domain>_<task>` is any control-suite task (shimmy)
+with objectives [task reward, -‖clip(a)‖₂·cost_scale] (App. D.1.2).
 
-    dime   minimise Σ_k α_k KL(q_k ‖ π_θ)               (eq. 3, eq. 51)   ε_k = --epsilon for every k
-    ls     one q ∝ π_i exp(Σ_k α_k Q_k / η)              (Table 1)         one temperature
-    mompo  minimise Σ_k KL(q_k ‖ π_θ), ε_k = α_k·ε        (Abdolmaleki et al., 2020; Fig. 4b)
-
-Environments (`--env-id`):
-    schaffer, fonseca_fleming   one-step bandits, a ∈ R, rewards -f(a) (App. D.1.1). The exact reward is
-                                Q_k, so there is no critic, no actor and no replay: only learner steps.
-    <domain>_<task>             any DeepMind control-suite task (e.g. cheetah_run) through shimmy, with
-                                objectives [task reward, -‖clip(a)‖₂·--cost-scale] (App. D.1.2).
-
-Decisions the paper leaves open (see docs/dime_morl.md, "Implementation details"):
-- Trade-off vector: bandits use (1-α, α) for every method; control tasks use (1, α) for dime and mompo
+Decisions the paper leaves open (docs/dime_morl.md, "Implementation details"):
+- Trade-off vector: bandits use (1-α, α) for every method; control tasks (1, α) for dime and mompo
   (Table 4: α_task = 1, α_cost swept) and (1-α, α) for ls.
-- As in Acme's DMPO learner, the E-step and M-step run on the bootstrap states s_{t+n} and reuse the N
-  target-policy actions and the one target-critic pass of the C51 target. This halves the dominant cost of
-  a learner step; in online replay every stored state serves as both s_t and s_{t+n}.
-- One critic torso with a categorical head per objective, each on its own support: the task support is
-  [--v-min, --v-max]; the cost support is [-√D·cost_scale/(1-γ), 0] unless --cost-v-min is given, so
-  scaling the cost rescales its support and the critic's distribution is unchanged (scale invariance).
-- Actors are a gymnasium vector env stepped in lockstep and reset together ("rounds"): control-suite
-  episodes all last 1000 steps. If one actor terminates early, the others are cut there as a time-limit
-  truncation (bootstrapped). Evaluation and checkpoints happen at round boundaries, so `--resume`
-  continues exactly: reset seeds derive from (seed, round), and the RNG, replay and optimiser states
-  are saved. Bandits have no rounds; they checkpoint at any learner step.
+- As in Acme's DMPO learner, the E-step/M-step run on the bootstrap states s_{t+n} and reuse the N target-
+  policy actions and the one target-critic pass of the C51 target: half the cost of a learner step.
+- One critic torso, one categorical head per objective on its own support: task [v_min, v_max], cost
+  [-√D·cost_scale/(1-γ), 0] unless --cost-v-min: scaling the cost scales its support (scale invariance).
+- Actors are a gymnasium vector env stepped in lockstep and reset together ("rounds"; control-suite
+  episodes all last 1000 steps; if one actor terminates, the others are cut there as a truncation).
+  Evaluations and checkpoints fall on round boundaries and reset seeds derive from (seed, round), so
+  `--resume` continues exactly. Bandits have no rounds.
 - `--multi` conditions policy and critic on the trade-off vector: actors draw α ~ U(--alpha-range) per
-  episode, the learner relabels each sampled transition with a fresh α (App. A).
-- The cost objective uses the executed (clipped) action. `--save-replay` stores the task reward only.
-
+  episode, the learner relabels every sampled transition with a fresh α (App. A).
+- The cost uses the executed (clipped) action; `--save-replay` stores the task reward.
 Shape letters: B batch, N sampled actions per state, D action dims, K objectives, I atoms, E actors.
 """
 
@@ -45,7 +36,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -57,19 +48,19 @@ from tqdm import tqdm
 from common.c51 import categorical_l2_project
 
 MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
-MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme _MIN_LOG_TEMPERATURE)
+MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
 INIT_ALPHA_MEAN, INIT_ALPHA_STDDEV = 10.0, 1000.0  # initial M-step trust-region multipliers (Acme)
-POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head stddev at init / floor (Acme)
+POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
 EPSILON_PENALTY = 1e-3  # KL bound of the optional out-of-bounds action objective (Acme)
 BANDITS = ("schaffer", "fonseca_fleming")
 VIDEO_FRAME_SKIP = 4  # --capture-video keeps every 4th frame of the first evaluation episode
-RESUME_OVERRIDES = ("total_steps", "total_env_steps", "checkpoint_every", "eval_every", "resume", "cuda",
-                    "track", "save_model", "save_replay", "capture_video", "log_every", "compile")
+RESUME_OVERRIDES = (
+    "total_steps total_env_steps checkpoint_every eval_every resume cuda track save_model "
+    "save_replay capture_video log_every compile"
+).split()  # flags a resumed run may change
 
 
-# ----------------------------------------------------------------------------------------------------
-# 1. Args
-# ----------------------------------------------------------------------------------------------------
+# ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -87,18 +78,18 @@ class Args:
     wandb_project_name: str = "dime-rl"
     """the wandb project name"""
     capture_video: bool = False
-    """save the first evaluation episode of every evaluation as a GIF under <run>/videos (needs rendering)"""
+    """save the first episode of every evaluation as a GIF under <run>/videos (needs EGL rendering)"""
     save_model: bool = False
-    """export the policy with torch.export (loads without this file): <run>/policy.pt2 at the end and
-    <run>/policies/step_<learner step>.pt2 at every evaluation (early/middle/late policies for the zoo)"""
+    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end and to
+    <run>/policies/step_<learner step>.pt2 at every evaluation"""
     checkpoint_every: int = 50_000
     """write <run>/checkpoint.pt every this many learner steps (at the next round boundary); 0 = never"""
-    resume: Optional[str] = None
-    """path of a checkpoint.pt to continue exactly (the run keeps its directory and flags)"""
-    save_replay: Optional[str] = None
+    resume: str | None = None
+    """a checkpoint.pt to continue exactly (same run directory and flags; --total-* may grow)"""
+    save_replay: str | None = None
     """at the end, write the replay as an HDF5 dataset in the project's format to this new file"""
     log_every: int = 100
-    """log losses every this many learner steps (the only host<->device sync of the learner)"""
+    """log losses every this many learner steps (the learner's only device->host copy)"""
     compile: bool = False
     """torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)"""
 
@@ -108,12 +99,12 @@ class Args:
     method: Literal["dime", "ls", "mompo"] = "dime"
     """how objectives are combined: DiME (eq. 3), linear scalarization (Table 1) or MO-MPO"""
     alpha: float = 0.5
-    """trade-off: cost weight (dime, ls: [0,1] for ls), cost KL-bound scale (mompo); bandits: [0, 1]"""
+    """trade-off α ≥ 0: cost weight (dime), in [0, 1] for ls and bandits, cost KL-bound scale (mompo)"""
     multi: bool = False
     """train one trade-off-conditioned policy for α ~ U(--alpha-range) (Sec. 4 eq. 4, App. A)"""
     alpha_range: tuple[float, float] = (0.0, 1.0)
     """range of the trade-off sampled per episode and per transition with --multi"""
-    eval_alphas: Optional[list[float]] = None
+    eval_alphas: list[float] | None = None
     """trade-offs at which a --multi policy is evaluated (default: 5 values spanning --alpha-range)"""
     cost_scale: float = 1.0
     """control tasks: the energy cost is -‖clip(a)‖₂ times this (App. D.1.2 compares 1 and 10)"""
@@ -143,8 +134,8 @@ class Args:
     """lower end of the task critic's support (Table 3)"""
     v_max: float = 150.0
     """upper end of the task critic's support (Table 3)"""
-    cost_v_min: Optional[float] = None
-    """lower end of the cost critic's support (default -√D·cost_scale/(1-γ); upper end is 0)"""
+    cost_v_min: float | None = None
+    """lower end of the cost critic's support (default -√D·cost_scale/(1-γ); the upper end is 0)"""
     num_atoms: int = 101
     """atoms of each categorical critic (Table 3)"""
     epsilon: float = 0.1
@@ -171,12 +162,12 @@ class Args:
     """evaluate every this many learner steps (control: at the next round boundary)"""
     eval_episodes: int = 10
     """episodes per evaluation and trade-off (control tasks; bandits are deterministic)"""
-    hv_reference: Optional[tuple[float, float]] = None
+    hv_reference: tuple[float, float] | None = None
     """hypervolume reference point (default: the worst return of each objective)"""
 
 
 def fail(message: str) -> None:
-    """User error: one clear line on stderr, non-zero exit, nothing written."""
+    """User error: one clear line on stderr and a non-zero exit."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -185,12 +176,11 @@ def check_args(args: Args) -> None:
     """Validate flags once, naming the flag, the value received and the fix."""
     bandit = args.env_id in BANDITS
     if not bandit and args.env_id not in control_suite_tasks():
-        fail(f"--env-id {args.env_id!r} is unknown; use schaffer, fonseca_fleming or a control-suite task "
-             f"such as cartpole_swingup, cheetah_run, walker_walk")
-    if (bandit or args.method == "ls") and not 0.0 <= args.alpha <= 1.0:
-        fail(f"--alpha {args.alpha} is outside [0, 1] (needed by bandits and --method ls); pick a value in it")
-    if args.alpha < 0.0:
-        fail(f"--alpha {args.alpha} is negative; trade-offs are non-negative weights")
+        fail(
+            f"--env-id {args.env_id!r} is unknown; use schaffer, fonseca_fleming or a control-suite task <domain>_<task>"
+        )
+    if not 0.0 <= args.alpha <= (1.0 if bandit or args.method == "ls" else math.inf):
+        fail(f"--alpha {args.alpha} is out of range; use [0, 1] for bandits and --method ls, else α ≥ 0")
     if args.multi and args.method == "mompo":
         fail("--multi supports --method dime or ls (MO-MPO's trade-offs are KL bounds); drop --multi")
     if args.multi and not 0.0 <= args.alpha_range[0] <= args.alpha_range[1]:
@@ -201,12 +191,10 @@ def check_args(args: Args) -> None:
     if not bandit and args.buffer_size < args.num_envs * (args.n_step + 1):
         fail(f"--buffer-size {args.buffer_size} cannot hold n-step windows; use at least 10000")
     if args.save_replay and (bandit or os.path.exists(args.save_replay)):
-        fail(f"--save-replay {args.save_replay}: bandits have no replay, or the file exists (choose a new path)")
+        fail(f"--save-replay {args.save_replay}: the file exists or bandits have no replay; give a new path")
 
 
-# ----------------------------------------------------------------------------------------------------
-# 2. Environments and objectives
-# ----------------------------------------------------------------------------------------------------
+# ==== 2. Environments and objectives ======================================================================
 def control_suite_tasks() -> dict[str, str]:
     """Map '<domain>_<task>' to shimmy's gymnasium id 'dm_control/<domain>-<task>-v0'."""
     from dm_control import suite
@@ -229,12 +217,11 @@ def make_env(env_id: str, render: bool = False):
 
 
 def make_envs(env_id: str, num_envs: int, render: bool = False):
-    """Actors or evaluators stepped in lockstep; resets are explicit (no autoreset), so rounds are exact.
-    With `render`, the first env renders RGB frames."""
+    """Envs stepped in lockstep, reset explicitly (no autoreset); with `render`, env 0 renders frames."""
     import gymnasium as gym
 
-    return gym.vector.SyncVectorEnv([make_env(env_id, render and i == 0) for i in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    thunks = [make_env(env_id, render and i == 0) for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 
 def round_seeds(seed: int, round_idx: int, stream: int, n: int) -> list[int]:
@@ -251,20 +238,27 @@ def bandit_rewards(env_id: str, actions: torch.Tensor) -> torch.Tensor:
 
 
 def tradeoff_vector(alpha: torch.Tensor, bandit: bool, method: str) -> torch.Tensor:
-    """Trade-off α -> per-objective weights [..., K]: (1-α, α) for bandits and LS, else (1, α) (Table 4)."""
+    """Trade-off α -> objective weights [..., K]: (1-α, α) for bandits and ls, else (1, α) (Table 4)."""
     first = 1.0 - alpha if bandit or method == "ls" else torch.ones_like(alpha)
     return torch.stack([first, alpha], -1)
 
 
-def cost_support(args: Args, act_dim: int) -> tuple[float, float]:
-    """Support of the cost critic: the range of -Σ γ^t ‖clip(a)‖₂·scale, unless --cost-v-min is set."""
-    low = args.cost_v_min if args.cost_v_min is not None else -math.sqrt(act_dim) * args.cost_scale / (1 - args.gamma)
-    return low, 0.0
+def critic_supports(args: Args, act_dim: int) -> torch.Tensor:
+    """Atoms [K, I]: task [v_min, v_max]; cost [-√D·scale/(1-γ), 0], the range of its discounted sum."""
+    cost_min = (
+        args.cost_v_min
+        if args.cost_v_min is not None
+        else -math.sqrt(act_dim) * args.cost_scale / (1 - args.gamma)
+    )
+    return torch.stack(
+        [
+            torch.linspace(args.v_min, args.v_max, args.num_atoms),
+            torch.linspace(cost_min, 0.0, args.num_atoms),
+        ]
+    )
 
 
-# ----------------------------------------------------------------------------------------------------
-# 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C)
-# ----------------------------------------------------------------------------------------------------
+# ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
 def layer_norm_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
     """Acme's LayerNormMLP: Linear -> LayerNorm -> tanh, then Linear -> ELU for every further layer."""
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_sizes[0]), nn.LayerNorm(hidden_sizes[0]), nn.Tanh()]
@@ -308,16 +302,20 @@ class Critic(nn.Module):
 class Agent(nn.Module):
     """Every learned quantity (online and target networks, dual variables) in one state_dict."""
 
-    def __init__(self, obs_dim: int, act_dim: int, num_objectives: int, num_temperatures: int, args: Args):
+    def __init__(
+        self, obs_dim: int, act_dim: int, num_temperatures: int, args: Args, num_objectives: int = 2
+    ):
         super().__init__()
-        self.policy = Policy(obs_dim, act_dim, args.hidden_sizes)
-        self.target_policy = Policy(obs_dim, act_dim, args.hidden_sizes)
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, args.hidden_sizes) for _ in range(2))
         self.critic = self.target_critic = None
         if args.env_id not in BANDITS:
-            self.critic = Critic(obs_dim + act_dim, num_objectives, args.num_atoms, args.hidden_sizes)
-            self.target_critic = Critic(obs_dim + act_dim, num_objectives, args.num_atoms, args.hidden_sizes)
+            self.critic, self.target_critic = (
+                Critic(obs_dim + act_dim, num_objectives, args.num_atoms, args.hidden_sizes) for _ in range(2)
+            )
         # Duals live in log space behind softplus (Acme): temperatures η_k, per-dimension α_μ, α_σ.
-        self.log_temperature = nn.Parameter(torch.full((num_temperatures,), inv_softplus(args.init_temperature)))
+        self.log_temperature = nn.Parameter(
+            torch.full((num_temperatures,), inv_softplus(args.init_temperature))
+        )
         self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), inv_softplus(INIT_ALPHA_MEAN)))
         self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), inv_softplus(INIT_ALPHA_STDDEV)))
         self.update_targets()
@@ -340,17 +338,15 @@ def dual(param: torch.Tensor) -> torch.Tensor:
     return F.softplus(param) + MPO_FLOAT_EPSILON
 
 
-# ----------------------------------------------------------------------------------------------------
-# 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection) and critic loss
-# ----------------------------------------------------------------------------------------------------
+# ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
 def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
     """Project the mixture of the N target pmfs, shifted by the n-step return, onto each support (SPEC §4).
-
-    next_pmfs [N, B, K, I], returns [B, K], discounts [B], atoms [K, I] -> target pmfs [B, K, I].
-    """
+    next_pmfs [N, B, K, I], returns [B, K], discounts [B], atoms [K, I] -> target pmfs [B, K, I]."""
     mixture = next_pmfs.mean(0)  # [B, K, I]
-    return torch.stack([categorical_l2_project(mixture[:, k], returns[:, k], discounts, atoms[k])
-                        for k in range(atoms.shape[0])], 1)
+    targets = [
+        categorical_l2_project(mixture[:, k], returns[:, k], discounts, z) for k, z in enumerate(atoms)
+    ]
+    return torch.stack(targets, 1)
 
 
 def critic_loss(logits: torch.Tensor, target_pmfs: torch.Tensor) -> torch.Tensor:
@@ -358,14 +354,10 @@ def critic_loss(logits: torch.Tensor, target_pmfs: torch.Tensor) -> torch.Tensor
     return -(target_pmfs * logits.log_softmax(-1)).sum(-1).mean(0).sum()
 
 
-# ----------------------------------------------------------------------------------------------------
-# 5. E-step: per-objective weights, temperature dual, KL diagnostic
-# ----------------------------------------------------------------------------------------------------
-def compute_weights_and_temperature_loss(q_values: torch.Tensor, epsilon: torch.Tensor, temperature: torch.Tensor):
-    """E-step: w_k = softmax_N(Q_k/η_k) per state (eq. 38) and the dual η_k(ε_k + E_s log E_a exp(Q_k/η_k)) (eq. 45).
-
-    q_values [N, B, K'], epsilon [K'], temperature [K'] -> weights [N, B, K'] (no gradient), loss (scalar).
-    """
+# ==== 5. E-step: per-objective weights, temperature dual, KL diagnostic ===================================
+def compute_weights_and_temperature_loss(q_values, epsilon: torch.Tensor, temperature: torch.Tensor):
+    """E-step: w_k = softmax_N(Q_k/η_k) per state (eq. 38); dual η_k(ε_k + E_s log E_a exp(Q_k/η_k)) (eq. 45).
+    q_values [N, B, K'], epsilon [K'], temperature [K'] -> weights [N, B, K'] (no gradient), loss []."""
     tempered = q_values.detach() / temperature
     weights = tempered.softmax(0).detach()
     log_mean_exp = tempered.logsumexp(0).mean(0) - math.log(q_values.shape[0])  # [K']
@@ -377,9 +369,7 @@ def compute_nonparametric_kl(weights: torch.Tensor) -> torch.Tensor:
     return (weights * torch.log(weights.shape[0] * weights + MPO_FLOAT_EPSILON)).sum(0).mean(0)
 
 
-# ----------------------------------------------------------------------------------------------------
-# 6. M-step: decoupled cross-entropy and KL trust region (Acme's MPO)
-# ----------------------------------------------------------------------------------------------------
+# ==== 6. M-step: decoupled cross-entropy and KL trust region (Acme's MPO) =================================
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, stddev: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, diag(stddev²)), summed over the last (action) dimension."""
     return (-0.5 * ((x - mean) / stddev) ** 2 - stddev.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -391,34 +381,28 @@ def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
 
 
 def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
-    """-Σ_N w log π̃(a|s) with the decoupled policies N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
-
-    actions [N, B, D], weights [N, B] (already combined across objectives), distribution params [B, D].
-    """
-    log_prob = gaussian_log_prob(actions, mean, target_stddev) + gaussian_log_prob(actions, target_mean, stddev)
+    """-Σ_N w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
+    actions [N, B, D], weights [N, B] (combined over objectives), distribution parameters [B, D]."""
+    log_prob = gaussian_log_prob(actions, mean, target_stddev) + gaussian_log_prob(
+        actions, target_mean, stddev
+    )
     return -(weights * log_prob).sum(0).mean()
 
 
 def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, epsilon: float):
-    """Soft trust region: penalty sg(α)·KL and dual α·(ε - sg(KL)), per action dimension. kl [B, D]."""
+    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)). kl [B, D]."""
     alpha, mean_kl = dual(log_alpha), kl.mean(0)  # [D], [D]
     return (alpha.detach() * mean_kl).sum(), (alpha * (epsilon - mean_kl.detach())).sum(), mean_kl.mean()
 
 
-# ----------------------------------------------------------------------------------------------------
-# 7. Policy objective: how DiME, LS and MO-MPO combine the objectives
-# ----------------------------------------------------------------------------------------------------
+# ==== 7. Policy objective: how DiME, LS and MO-MPO combine the objectives =================================
 def combine_objectives(q_values: torch.Tensor, tradeoff: torch.Tensor, method: str, epsilon: float):
-    """Turn per-objective Q [N, B, K] and trade-offs [B, K] into E-step inputs and M-step mixing weights.
-
-    Returns (Q for the E-step [N, B, K'], ε per E-step [K'], M-step weight of each E-step [B, K']).
+    """Per-objective Q [N, B, K] and trade-offs [B, K] -> (E-step Q [N, B, K'], ε [K'], M-step mix [B, K']).
     dime: K E-steps with one ε, mixed by α_k (eq. 51). ls: one E-step on Σ_k α_k Q_k (Table 1).
-    mompo: K E-steps with ε_k = α_k·ε, mixed equally.
-    """
+    mompo: K E-steps with ε_k = α_k·ε, mixed equally."""
     ones = torch.ones_like(tradeoff)
     if method == "ls":
-        q = (q_values * tradeoff).sum(-1, keepdim=True)
-        return q, q_values.new_full((1,), epsilon), ones[:, :1]
+        return (q_values * tradeoff).sum(-1, keepdim=True), q_values.new_full((1,), epsilon), ones[:, :1]
     if method == "mompo":
         return q_values, epsilon * tradeoff[0], ones
     return q_values, q_values.new_full((q_values.shape[-1],), epsilon), tradeoff
@@ -426,44 +410,63 @@ def combine_objectives(q_values: torch.Tensor, tradeoff: torch.Tensor, method: s
 
 def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_values, tradeoff, args: Args):
     """MPO policy improvement on `states` [B, S]: π_i = N(target_mean, target_stddev) [B, D] proposed the
-    `actions` [N, B, D], whose Q [N, B, K] are combined across objectives per --method."""
+    `actions` [N, B, D], whose Q [N, B, K] are combined per --method. Returns (loss, stats)."""
     q, epsilons, mix = combine_objectives(q_values, tradeoff, args.method, args.epsilon)
-    if args.action_penalization:  # an extra objective that pulls actions back into [-1, 1]
+    if args.action_penalization:  # one more objective: pull actions back into [-1, 1]
         penalty = -torch.linalg.vector_norm(actions - actions.clamp(-1.0, 1.0), dim=-1)
         q, epsilons = torch.cat([q, penalty[..., None]], -1), F.pad(epsilons, (0, 1), value=EPSILON_PENALTY)
         mix = F.pad(mix, (0, 1), value=1.0)
     temperature = dual(agent.log_temperature)
     weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilons, temperature)
     mean, stddev = agent.policy(states)
-    cross_entropy = compute_cross_entropy_loss(actions, (weights * mix).sum(-1), mean, stddev, target_mean,
-                                               target_stddev)
-    kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i))  [B, D]
+    cross_entropy = compute_cross_entropy_loss(
+        actions, (weights * mix).sum(-1), mean, stddev, target_mean, target_stddev
+    )
+    kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
     kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    pen_mean, dual_mean, kl_mean = compute_kl_penalty_and_dual_loss(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
-    pen_std, dual_std, kl_std = compute_kl_penalty_and_dual_loss(kl_stddev, agent.log_alpha_stddev,
-                                                                 args.epsilon_stddev)
+    pen_mean, dual_mean, kl_mean = compute_kl_penalty_and_dual_loss(
+        kl_mean, agent.log_alpha_mean, args.epsilon_mean
+    )
+    pen_std, dual_std, kl_std = compute_kl_penalty_and_dual_loss(
+        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
+    )
     loss = cross_entropy + pen_mean + pen_std
-    stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std,
-             "losses/alpha_mean": dual(agent.log_alpha_mean).mean(), "losses/alpha_stddev": dual(agent.log_alpha_stddev).mean()}
+    stats = {
+        "losses/policy_loss": loss,
+        "losses/kl_mean": kl_mean,
+        "losses/kl_stddev": kl_std,
+        "losses/alpha_mean": dual(agent.log_alpha_mean).mean(),
+        "losses/alpha_stddev": dual(agent.log_alpha_stddev).mean(),
+    }
     for k, (eta, kl_q) in enumerate(zip(temperature, compute_nonparametric_kl(weights) / epsilons)):
         stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
     return loss + temperature_loss + dual_mean + dual_std, stats
 
 
-# ----------------------------------------------------------------------------------------------------
-# 7a. Replay on the device: 1-step transitions per actor, n-step returns assembled at sampling time
-# ----------------------------------------------------------------------------------------------------
+# ==== 7a. Replay on the device: 1-step transitions per actor, n-step returns built when sampled ===========
 class Replay:
-    """Ring buffer of [capacity, E] transitions. Windows never cross an episode end (terminal or cut)."""
+    """Ring buffer of [rows, E] transitions. n-step windows never cross an episode end (terminal or cut)."""
 
     KEYS = ("obs", "actions", "rewards", "next_obs", "terminals", "ends")
 
     def __init__(self, capacity: int, num_envs: int, obs_dim: int, act_dim: int, num_objectives: int, device):
-        rows = max(capacity // num_envs, 1)
-        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (num_objectives,), "next_obs": (obs_dim,)}
-        self.data = {k: torch.zeros(rows, num_envs, *shapes.get(k, ()), device=device,
-                                    dtype=torch.float32 if k in shapes else torch.bool) for k in self.KEYS}
-        self.rows, self.pos, self.full = rows, 0, False
+        self.rows, self.pos, self.full = max(capacity // num_envs, 1), 0, False
+        dims = {
+            "obs": (obs_dim,),
+            "actions": (act_dim,),
+            "rewards": (num_objectives,),
+            "next_obs": (obs_dim,),
+        }
+        self.data = {
+            k: torch.zeros(
+                self.rows,
+                num_envs,
+                *dims.get(k, ()),
+                device=device,
+                dtype=torch.float32 if k in dims else torch.bool,
+            )
+            for k in self.KEYS
+        }
 
     def add(self, **row: torch.Tensor) -> None:
         for k in self.KEYS:
@@ -472,17 +475,18 @@ class Replay:
         self.full = self.full or self.pos == 0
 
     def sample(self, batch_size: int, n: int, gamma: float, gen: torch.Generator):
-        """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps taken (SPEC §4)."""
+        """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps (SPEC §4)."""
         d, device = self.data, self.data["obs"].device
-        size = self.rows if self.full else self.pos
-        start = self.pos if self.full else 0
+        size, start = (self.rows, self.pos) if self.full else (self.pos, 0)
         t = (start + torch.randint(0, size - n + 1, (batch_size,), device=device, generator=gen)) % self.rows
         e = torch.randint(0, d["obs"].shape[1], (batch_size,), device=device, generator=gen)
         steps = torch.arange(n, device=device)
         idx = (t[None] + steps[:, None]) % self.rows  # [n, B]
         ends = d["ends"][idx, e].float()
         alive = torch.cumprod(torch.cat([torch.ones_like(ends[:1]), 1.0 - ends[:-1]]), 0)  # [n, B]
-        returns = ((alive * gamma ** steps[:, None].float())[..., None] * d["rewards"][idx, e]).sum(0)  # [B, K]
+        returns = ((alive * gamma ** steps[:, None].float())[..., None] * d["rewards"][idx, e]).sum(
+            0
+        )  # [B, K]
         taken = alive.sum(0).long()  # [B]
         last = idx.gather(0, (taken - 1)[None]).squeeze(0)
         discounts = gamma ** taken.float() * (1.0 - d["terminals"][last, e].float())
@@ -500,29 +504,33 @@ class Replay:
 
     def chronological(self) -> dict[str, np.ndarray]:
         """Every actor's transitions in time order, actor after actor (for --save-replay)."""
-        order = torch.arange(self.pos, self.pos + self.rows) % self.rows if self.full else torch.arange(self.pos)
-        return {k: v[order.to(v.device)].transpose(0, 1).flatten(0, 1).cpu().numpy() for k, v in self.data.items()}
+        order = (
+            torch.arange(self.pos, self.pos + self.rows) % self.rows if self.full else torch.arange(self.pos)
+        )
+        return {
+            k: v[order.to(v.device)].transpose(0, 1).flatten(0, 1).cpu().numpy() for k, v in self.data.items()
+        }
 
 
-# ----------------------------------------------------------------------------------------------------
-# 8. Learner step: one update of critic, policy and duals
-# ----------------------------------------------------------------------------------------------------
-def learner_step(agent: Agent, optimizers: dict, replay: Optional[Replay], atoms, args: Args, gen) -> dict:
+# ==== 8. Learner step: one update of critic, policy and duals =============================================
+def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, args: Args, gen) -> dict:
     """One gradient step on every parameter group; returns metric tensors (no host sync)."""
-    device = agent.log_temperature.device
-    bandit = replay is None
-    if bandit:  # one-step bandit: a single dummy state, exact rewards
+    device, bandit = agent.log_temperature.device, replay is None
+    if bandit:  # a one-step bandit: a single dummy state, exact rewards
         states = torch.zeros(args.batch_size, 1, device=device)
     else:
-        obs, actions, returns, discounts, states = replay.sample(args.batch_size, args.n_step, args.gamma, gen)
+        obs, actions, returns, discounts, states = replay.sample(
+            args.batch_size, args.n_step, args.gamma, gen
+        )
     alphas = torch.full((args.batch_size,), args.alpha, device=device)
     if args.multi:  # hindsight relabelling: a fresh trade-off for every sampled transition (App. A)
-        low, high = args.alpha_range
-        alphas = low + (high - low) * torch.rand(args.batch_size, device=device, generator=gen)
+        alphas = args.alpha_range[0] + (args.alpha_range[1] - args.alpha_range[0]) * torch.rand(
+            args.batch_size, device=device, generator=gen
+        )
     tradeoff = tradeoff_vector(alphas, bandit, args.method)  # [B, K]
     if args.multi:
         states = torch.cat([states, tradeoff], -1)
-    with torch.no_grad():  # N actions from the target policy (π_i) and their Q_k
+    with torch.no_grad():  # N actions from the target policy π_i and their Q_k
         target_mean, target_stddev = agent.target_policy(states)
         noise = torch.randn(args.num_samples, *target_mean.shape, device=device, generator=gen)
         sampled = target_mean + target_stddev * noise  # [N, B, D]
@@ -537,7 +545,7 @@ def learner_step(agent: Agent, optimizers: dict, replay: Optional[Replay], atoms
         obs = torch.cat([obs, tradeoff], -1) if args.multi else obs
         stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
         loss = loss + stats["losses/critic_loss"]
-    stats["losses/q_mean"] = q_values.mean()
+    stats["losses/q_mean"], stats["loss"] = q_values.mean(), loss.detach()
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -548,19 +556,15 @@ def learner_step(agent: Agent, optimizers: dict, replay: Optional[Replay], atoms
     with torch.no_grad():
         for p in (agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev):
             p.clamp_(min=MIN_LOG_DUAL)
-    stats["loss"] = loss.detach()
     return stats
 
 
-# ----------------------------------------------------------------------------------------------------
-# 9. main: seeding, run directory, actors and learner
-# ----------------------------------------------------------------------------------------------------
+# ==== 9. main: seeding, run directory, actors and learner =================================================
 def main(args: Args) -> dict:
     os.environ.setdefault("MUJOCO_GL", "egl" if args.capture_video else "disable")  # before dm_control loads
     check_args(args)
     ckpt = load_checkpoint(args) if args.resume else None
-    if ckpt is not None:
-        args = ckpt["args"]
+    args = ckpt["args"] if ckpt else args
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -571,157 +575,174 @@ def main(args: Args) -> dict:
     gen = torch.Generator(device).manual_seed(args.seed)
     bandit = args.env_id in BANDITS
     envs = None if bandit else make_envs(args.env_id, args.num_envs)
-    obs_dim, act_dim = (1, 1) if bandit else (envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
-    K = 2  # objectives: (f1, f2) for bandits, (task, cost) for control tasks
-    num_temperatures = (1 if args.method == "ls" else K) + args.action_penalization
-    cond = K if args.multi else 0
-    agent = Agent(obs_dim + cond, act_dim, K, num_temperatures, args).to(device)
+    obs_dim, act_dim = (
+        (1, 1) if bandit else (envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
+    )
+    num_temperatures = (1 if args.method == "ls" else 2) + args.action_penalization
+    agent = Agent(obs_dim + 2 * args.multi, act_dim, num_temperatures, args).to(device)
     if args.compile:  # compiles forward in place: state_dict keys stay the same
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
-        for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
-            net is not None and net.compile()
-    atoms = None
-    if not bandit:
-        atoms = torch.stack([torch.linspace(args.v_min, args.v_max, args.num_atoms),
-                             torch.linspace(*cost_support(args, act_dim), args.num_atoms)]).to(device)
-    groups = {"policy": agent.policy, "critic": agent.critic} if not bandit else {"policy": agent.policy}
-    optimizers = {n: torch.optim.AdamW(m.parameters(), args.lr, weight_decay=args.weight_decay) for n, m in groups.items()}
-    optimizers["duals"] = torch.optim.Adam([agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev],
-                                           args.dual_lr)
-    replay = None if bandit else Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, K, device)
-    state = {"learner_steps": 0, "env_steps": 0, "round": 0, "credit": 0.0, "evaluations": [],
-             "last_eval": -1, "last_ckpt": 0, "wall_time": 0.0}
-    run_dir = os.path.dirname(os.path.abspath(args.resume)) if ckpt else make_run_dir(args)
-    if ckpt is not None:
+        for net in filter(None, (agent.policy, agent.target_policy, agent.critic, agent.target_critic)):
+            net.compile()
+    atoms = None if bandit else critic_supports(args, act_dim).to(device)
+    groups = ("policy",) if bandit else ("policy", "critic")
+    optimizers = {
+        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=args.weight_decay)
+        for n in groups
+    }
+    optimizers["duals"] = torch.optim.Adam(
+        [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev], args.dual_lr
+    )
+    replay = None if bandit else Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
+    state = {
+        "learner_steps": 0,
+        "env_steps": 0,
+        "round": 0,
+        "credit": 0.0,
+        "evaluations": [],
+        "last_eval": -1,
+        "last_ckpt": 0,
+        "wall_time": 0.0,
+    }
+    if ckpt:
         restore(ckpt, agent, optimizers, replay, gen, state)
-    writer = make_writer(args, run_dir)
-    eval_alphas = evaluation_alphas(args)
-    total = args.total_steps if bandit else args.total_env_steps
-    progress = tqdm(total=total, initial=state["learner_steps" if bandit else "env_steps"], unit="step",
-                    desc=f"{args.method} {args.env_id}", dynamic_ncols=True, disable=None)
-    start, metrics, last_log = time.time() - state["wall_time"], [], (state["learner_steps"], time.time())
+    run_dir, writer = open_run(args)
+    eval_alphas = (
+        [args.alpha] if not args.multi else args.eval_alphas or np.linspace(*args.alpha_range, 5).tolist()
+    )
+    counter, total = ("learner_steps", args.total_steps) if bandit else ("env_steps", args.total_env_steps)
+    progress = tqdm(
+        total=total,
+        initial=state[counter],
+        unit="step",
+        desc=f"{args.method} {args.env_id}",
+        dynamic_ncols=True,
+        disable=None,
+    )
+    start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
 
     def learn() -> None:
-        nonlocal last_log
         metrics.append(learner_step(agent, optimizers, replay, atoms, args, gen))
         state["learner_steps"] += 1
         if state["learner_steps"] % args.target_update_period == 0:
             agent.update_targets()
         if state["learner_steps"] % args.log_every == 0:
-            last_log = log_metrics(writer, metrics, state["learner_steps"], last_log, run_dir)
-            metrics.clear()
+            log_metrics(writer, metrics, state["learner_steps"], last_log, run_dir)
 
-    while state["learner_steps" if bandit else "env_steps"] < total:
-        steps = state["learner_steps"]
-        if state["last_eval"] < 0 or steps - state["last_eval"] >= args.eval_every:
+    def checkpoint() -> None:
+        state["wall_time"], state["last_ckpt"] = time.time() - start, state["learner_steps"]
+        save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state)
+
+    while state[counter] < total:
+        before = state[counter]
+        if state["last_eval"] < 0 or state["learner_steps"] - state["last_eval"] >= args.eval_every:
             evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, progress)
-        if args.checkpoint_every and steps - state["last_ckpt"] >= args.checkpoint_every:
-            state["wall_time"], state["last_ckpt"] = time.time() - start, steps
-            save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state)
-        before = state["env_steps"]
+        if args.checkpoint_every and state["learner_steps"] - state["last_ckpt"] >= args.checkpoint_every:
+            checkpoint()
         if bandit:
             learn()
         else:
             run_round(envs, agent, replay, args, state, gen, device, writer, learn)
-        progress.update(state["learner_steps"] - steps if bandit else state["env_steps"] - before)
-    state["wall_time"] = time.time() - start
+        progress.update(state[counter] - before)
     if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
-        state["last_ckpt"] = state["learner_steps"]
-        save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state)
+        checkpoint()
     evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, progress)
+    state["wall_time"] = time.time() - start
     progress.close()
     if args.save_model:
         export_policy(agent, args, os.path.join(run_dir, "policy.pt2"))
     if args.save_replay:
         save_replay(replay, args, args.save_replay)
-    results = write_results(args, state, run_dir, eval_alphas, act_dim)
     writer.close()
-    return results
+    return write_results(args, state, run_dir, eval_alphas, act_dim)
 
 
-def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, device, writer, learn) -> None:
+def run_round(
+    envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, device, writer, learn
+) -> None:
     """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave."""
     obs, _ = envs.reset(seed=round_seeds(args.seed, state["round"], 0, args.num_envs))
     obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
     alphas = torch.full((args.num_envs,), args.alpha, device=device)
     if args.multi:  # one trade-off per actor and episode (App. C, "Gathering Data")
-        low, high = args.alpha_range
-        alphas = low + (high - low) * torch.rand(args.num_envs, device=device, generator=gen)
+        alphas = args.alpha_range[0] + (args.alpha_range[1] - args.alpha_range[0]) * torch.rand(
+            args.num_envs, device=device, generator=gen
+        )
     cond = tradeoff_vector(alphas, False, args.method)
-    episode_return = torch.zeros(args.num_envs, 2, device=device)
-    done = False
+    episode_return, done = torch.zeros(args.num_envs, 2, device=device), False
     while not done:
         with torch.no_grad():
             mean, stddev = agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
         next_obs, reward, terminated, truncated, _ = envs.step(actions.cpu().numpy())
-        done = bool(np.any(terminated | truncated))  # one actor ends the round for all (module docstring)
+        done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
         cost = -torch.linalg.vector_norm(actions, dim=-1) * args.cost_scale
         rewards = torch.stack([torch.as_tensor(reward, dtype=torch.float32, device=device), cost], -1)
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
         terminals = torch.as_tensor(terminated, device=device)
-        replay.add(obs=obs, actions=actions, rewards=rewards, next_obs=next_obs, terminals=terminals,
-                   ends=torch.full_like(terminals, done))
-        episode_return += rewards
-        obs = next_obs
+        replay.add(
+            obs=obs,
+            actions=actions,
+            rewards=rewards,
+            next_obs=next_obs,
+            terminals=terminals,
+            ends=torch.full_like(terminals, done),
+        )
+        episode_return, obs = episode_return + rewards, next_obs
         state["env_steps"] += args.num_envs
         if state["env_steps"] >= max(args.learning_starts, args.num_envs * args.n_step):
             state["credit"] += args.num_envs * args.replay_ratio
             while state["credit"] >= 1.0:
                 learn()
                 state["credit"] -= 1.0
-    for k, v in zip(("episodic_return", "episodic_cost"), episode_return.mean(0).tolist()):
-        writer.add_scalar(f"charts/{k}", v, state["env_steps"])
+    for tag, value in zip(("episodic_return", "episodic_cost"), episode_return.mean(0).tolist()):
+        writer.add_scalar(f"charts/{tag}", value, state["env_steps"])
     state["round"] += 1
 
 
-def log_metrics(writer, metrics: list[dict], step: int, last_log: tuple, run_dir: str) -> tuple:
-    """Average the metric tensors since the last log, one device->host copy, stop on NaN/inf."""
+def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> None:
+    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf."""
     keys = list(metrics[0])
     values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
+    metrics.clear()
     if not all(math.isfinite(v) for v in values):
-        bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
-        print(f"error: training diverged at learner step {step} ({', '.join(bad)} not finite); the last good "
-              f"checkpoint is kept in {run_dir}; lower --lr or check the rewards", file=sys.stderr)
+        bad = ", ".join(k for k, v in zip(keys, values) if not math.isfinite(v))
+        print(
+            f"error: training diverged at learner step {step} ({bad} not finite); the last good checkpoint "
+            f"is kept in {run_dir}; lower --lr or check the rewards",
+            file=sys.stderr,
+        )
         sys.exit(3)
     for k, v in zip(keys, values):
         if k != "loss":
             writer.add_scalar(k, v, step)
     now = time.time()
     writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
-    return step, now
+    last_log[:] = step, now
 
 
-# ----------------------------------------------------------------------------------------------------
-# 10. Evaluation: per-trade-off returns, Pareto front, hypervolume
-# ----------------------------------------------------------------------------------------------------
-def evaluation_alphas(args: Args) -> list[float]:
-    """The trade-offs a run is evaluated at: its own α, or a sweep for a conditioned policy."""
-    if not args.multi:
-        return [args.alpha]
-    return args.eval_alphas or np.linspace(*args.alpha_range, 5).round(4).tolist()
-
-
+# ==== 10. Evaluation: per-trade-off returns, Pareto front, hypervolume ====================================
 @torch.no_grad()
-def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, video: Optional[str] = None):
-    """Per-episode objective returns [episodes, K] of the mean action (clipped to [-1, 1] for control).
-    With `video`, the first episode is rendered (every VIDEO_FRAME_SKIP-th frame) into that GIF."""
+def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, video: str | None = None):
+    """Per-episode objective returns [episodes, K] of the mean action (clipped to [-1, 1] on control tasks);
+    with `video`, every VIDEO_FRAME_SKIP-th frame of the first episode goes into that GIF."""
     bandit = args.env_id in BANDITS
-    cond = tradeoff_vector(torch.tensor([alpha], device=device), bandit, args.method) if args.multi else None
+    cond = tradeoff_vector(torch.tensor([alpha], device=device), bandit, args.method)
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        return agent.policy(torch.cat([obs, cond.expand(len(obs), -1)], -1) if args.multi else obs)[0]
+
     if bandit:
-        obs = torch.zeros(1, 1, device=device)
-        mean, _ = agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
-        return bandit_rewards(args.env_id, mean).cpu().numpy()
+        return bandit_rewards(args.env_id, act(torch.zeros(1, 1, device=device))).cpu().numpy()
     envs = make_envs(args.env_id, args.eval_episodes, render=video is not None)
     obs, _ = envs.reset(seed=round_seeds(args.seed, round_idx, 1, args.eval_episodes))
-    returns, alive, frames, t = np.zeros((args.eval_episodes, 2)), np.ones(args.eval_episodes, bool), [], 0
-    while alive.any():
+    returns, alive, frames = np.zeros((args.eval_episodes, 2)), np.ones(args.eval_episodes, bool), []
+    for t in range(sys.maxsize):
+        if not alive.any():
+            break
         if video and alive[0] and t % VIDEO_FRAME_SKIP == 0:
             frames.append(envs.envs[0].render())
-        t += 1
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        mean, _ = agent.policy(torch.cat([x, cond.expand(len(x), -1)], -1) if args.multi else x)
-        actions = mean.clamp(-1.0, 1.0).cpu().numpy()
+        actions = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).clamp(-1.0, 1.0).cpu().numpy()
         obs, reward, terminated, truncated, _ = envs.step(actions)
         returns[alive] += np.stack([reward, -np.linalg.norm(actions, axis=-1) * args.cost_scale], -1)[alive]
         alive &= ~(terminated | truncated)
@@ -730,7 +751,7 @@ def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, vid
         import imageio
 
         os.makedirs(os.path.dirname(video), exist_ok=True)
-        imageio.mimsave(video, frames, duration=1000 * VIDEO_FRAME_SKIP / 100, loop=0)  # 100 Hz control
+        imageio.mimsave(video, frames, duration=10 * VIDEO_FRAME_SKIP, loop=0)  # control at 100 Hz
     return returns
 
 
@@ -738,25 +759,34 @@ def evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, p
     """Evaluate every trade-off, append to the results, log eval/ tags (and snapshot the policy)."""
     step = state["learner_steps"]
     if args.save_model:
-        os.makedirs(os.path.join(run_dir, "policies"), exist_ok=True)
         export_policy(agent, args, os.path.join(run_dir, "policies", f"step_{step}.pt2"))
     for alpha in eval_alphas:
-        video = os.path.join(run_dir, "videos", f"step_{step}_alpha_{alpha}.gif") if args.capture_video else None
+        video = (
+            os.path.join(run_dir, "videos", f"step_{step}_alpha_{alpha}.gif") if args.capture_video else None
+        )
         returns = evaluate(agent, args, alpha, state["round"], device, video)
         mean = returns.mean(0).tolist()
-        state["evaluations"].append({"step": step, "env_steps": state["env_steps"], "alpha": alpha,
-                                     "returns": returns.tolist(), "mean": mean})
-        progress.write(f"step {step} env_steps {state['env_steps']} alpha {alpha}: mean returns "
-                       + " ".join(f"{m:.3f}" for m in mean))
+        state["evaluations"].append(
+            {
+                "step": step,
+                "env_steps": state["env_steps"],
+                "alpha": alpha,
+                "returns": returns.tolist(),
+                "mean": mean,
+            }
+        )
+        progress.write(
+            f"step {step} env_steps {state['env_steps']} alpha {alpha}: mean returns "
+            + " ".join(f"{x:.3f}" for x in mean)
+        )
         prefix = f"eval/alpha_{alpha}/" if args.multi else "eval/"
         writer.add_scalar(prefix + "episodic_return", mean[0], step)
         writer.add_scalar(prefix + "episodic_cost", mean[1], step)
     state["last_eval"] = step
-    progress.set_postfix_str(f"eval {state['evaluations'][-1]['mean'][0]:.1f}")
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
-    """True for points no other point dominates (every objective is maximised)."""
+    """True for the points no other point dominates (every objective is maximised)."""
     dominated = (points[None] >= points[:, None]).all(-1) & (points[None] > points[:, None]).any(-1)
     return ~dominated.any(1)
 
@@ -764,91 +794,93 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
 def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     """Area dominated by 2-D points and bounded below by the reference point (maximisation)."""
     front = points[pareto_mask(points) & (points > reference).all(-1)]
-    front = front[np.argsort(-front[:, 0])]
     area, best_y = 0.0, reference[1]
-    for x, y in front:  # sweep from the best first objective down
+    for x, y in front[np.argsort(-front[:, 0])]:  # sweep from the best first objective down
         if y > best_y:
-            area += (x - reference[0]) * (y - best_y)
-            best_y = y
+            area, best_y = area + (x - reference[0]) * (y - best_y), y
     return float(area)
 
 
 def write_results(args: Args, state: dict, run_dir: str, eval_alphas: list[float], act_dim: int) -> dict:
-    """results.json (SPEC §8) plus the Pareto front, hypervolume and a plot of the final evaluation."""
-    finals = state["evaluations"][-len(eval_alphas):]
-    final = [{"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()} for e in finals]
+    """results.json (SPEC §8) with the Pareto front and hypervolume of the final evaluation, and its plot."""
+    final = [
+        {"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()}
+        for e in state["evaluations"][-len(eval_alphas) :]
+    ]
     points = np.array([f["mean"] for f in final])
-    reference = np.array(args.hv_reference or default_reference(args, act_dim))
-    elapsed = max(state["wall_time"], 1e-9)
-    results = {"algo": "dime_morl", "method": args.method, "env_id": args.env_id, "seed": args.seed,
-               "alpha": None if args.multi else args.alpha,
-               "objectives": ["f1", "f2"] if args.env_id in BANDITS else ["task", "cost"],
-               "evaluations": state["evaluations"], "final": final if args.multi else final[0],
-               "pareto": points[pareto_mask(points)].tolist(), "hypervolume": hypervolume(points, reference),
-               "hv_reference": reference.tolist(), "learner_steps": state["learner_steps"],
-               "env_steps": state["env_steps"], "learner_steps_per_second": state["learner_steps"] / elapsed,
-               "wall_time_s": elapsed, "args": dataclasses.asdict(args)}
+    worst = {
+        "schaffer": [-4.0, -4.0],
+        "fonseca_fleming": [-1.0, -1.0],
+    }  # each objective at the other's optimum
+    reference = np.array(
+        args.hv_reference or worst.get(args.env_id, [0.0, -math.sqrt(act_dim) * args.cost_scale * 1000])
+    )
+    results = {
+        "algo": "dime_morl",
+        "method": args.method,
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "alpha": None if args.multi else args.alpha,
+        "objectives": ["f1", "f2"] if args.env_id in BANDITS else ["task", "cost"],
+        "evaluations": state["evaluations"],
+        "final": final if args.multi else final[0],
+        "pareto": points[pareto_mask(points)].tolist(),
+        "hypervolume": hypervolume(points, reference),
+        "hv_reference": reference.tolist(),
+        "learner_steps": state["learner_steps"],
+        "env_steps": state["env_steps"],
+        "wall_time_s": state["wall_time"],
+        "learner_steps_per_second": state["learner_steps"] / max(state["wall_time"], 1e-9),
+        "args": dataclasses.asdict(args),
+    }
     atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
-    plot_front(points, args, os.path.join(run_dir, "pareto.png"))
-    return results
-
-
-def default_reference(args: Args, act_dim: int) -> list[float]:
-    """Worst return of each objective: the hypervolume reference point stated in results.json."""
-    if args.env_id == "schaffer":
-        return [-4.0, -4.0]  # each objective's value at the other's optimum
-    if args.env_id == "fonseca_fleming":
-        return [-1.0, -1.0]
-    return [0.0, -math.sqrt(act_dim) * args.cost_scale * 1000]  # 1000-step episodes
-
-
-def plot_front(points: np.ndarray, args: Args, path: str) -> None:
-    """Scatter the evaluated trade-offs over the true front (bandits)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    if args.env_id in BANDITS:
-        a = torch.linspace(-1.5, 2.5, 400)[:, None]
-        f = bandit_rewards(args.env_id, a)
-        keep = (a[:, 0] >= (0 if args.env_id == "schaffer" else -1)) & (a[:, 0] <= (2 if args.env_id == "schaffer" else 1))
-        ax.plot(f[keep, 0], f[keep, 1], color="0.7", label="Pareto front")
-    ax.scatter(points[:, 0], points[:, 1], c="C0", label=f"{args.method} (final)")
-    ax.set(xlabel="objective 1" if args.env_id in BANDITS else "task return",
-           ylabel="objective 2" if args.env_id in BANDITS else "cost return", title=args.env_id)
-    ax.legend()
+    ax.scatter(points[:, 0], points[:, 1], c=eval_alphas, cmap="viridis")
+    ax.set(
+        xlabel=f"return: {results['objectives'][0]}",
+        ylabel=f"return: {results['objectives'][1]}",
+        title=f"{args.env_id} {args.method}: final evaluation per α",
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(os.path.join(run_dir, "pareto.png"), dpi=100)
     plt.close(fig)
+    return results
 
 
-# ----------------------------------------------------------------------------------------------------
-# 11. Run directory, checkpoints (atomic), resume, export
-# ----------------------------------------------------------------------------------------------------
-def make_run_dir(args: Args) -> str:
-    run_dir = os.path.join(args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
-    try:
-        os.makedirs(run_dir, exist_ok=False)
-    except OSError as e:
-        fail(f"cannot create the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
-    write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
-    return run_dir
-
-
-def make_writer(args: Args, run_dir: str):
+# ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
+def open_run(args: Args):
+    """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
     from torch.utils.tensorboard import SummaryWriter
 
+    run_dir = os.path.join(
+        args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    )
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else run_dir
+    try:
+        os.makedirs(run_dir, exist_ok=bool(args.resume))
+        if not args.resume:
+            write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+    except OSError as e:
+        fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, sync_tensorboard=True, config=vars(args),
-                   name=os.path.basename(run_dir), save_code=True)
+        wandb.init(
+            project=args.wandb_project_name,
+            sync_tensorboard=True,
+            config=dataclasses.asdict(args),
+            name=os.path.basename(run_dir),
+            save_code=True,
+        )
     writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-    return writer
+    return run_dir, writer
 
 
 def write_json(path: str, obj) -> None:
@@ -857,7 +889,7 @@ def write_json(path: str, obj) -> None:
 
 
 def atomic_write(path: str, write) -> None:
-    """Write through a temporary file and rename it: a crash never leaves half a file at `path`."""
+    """Write a temporary file beside `path` and rename it: a crash never leaves half a file at `path`."""
     tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")  # same suffix
     write(tmp)
     os.replace(tmp, path)
@@ -867,22 +899,30 @@ def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> Non
     """Everything needed to continue exactly: networks, targets, duals, optimisers, replay, RNG, counters.
     Parameters that are no longer finite are never written over the last good checkpoint."""
     if not all(torch.isfinite(p).all() for p in agent.parameters()):
-        fail(f"training diverged before learner step {state['learner_steps']} (parameters not finite); the last "
-             f"good checkpoint is kept in {run_dir}; lower --lr or check the rewards")
-    ckpt = {"script": "dime_morl", "env_id": args.env_id, "args": dataclasses.asdict(args),
-            "agent": agent.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "replay": None if replay is None else replay.state_dict(),
-            "rng": gen.get_state(), "state": state}
+        fail(
+            f"training diverged before learner step {state['learner_steps']} (parameters not finite); the "
+            f"last good checkpoint is kept in {run_dir}; lower --lr or check the rewards"
+        )
+    ckpt = {
+        "script": "dime_morl",
+        "args": dataclasses.asdict(args),
+        "agent": agent.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "rng": gen.get_state(),
+        "replay": None if replay is None else replay.state_dict(),
+        "state": state,
+    }
     atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(args: Args) -> dict:
-    """Read a checkpoint for --resume; refuse one of another script or env with one clear line."""
+    """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
-        fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); pass a checkpoint.pt "
-             f"written by dime_morl.py")
+        fail(
+            f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); pass a checkpoint.pt of dime_morl.py"
+        )
     if not isinstance(ckpt, dict) or ckpt.get("script") != "dime_morl":
         fail(f"--resume {args.resume} was not written by dime_morl.py; pass one of its checkpoint.pt files")
     saved, defaults = ckpt["args"], Args()
@@ -890,12 +930,16 @@ def load_checkpoint(args: Args) -> dict:
     def norm(value):
         return list(value) if isinstance(value, tuple) else value
 
-    for field in dataclasses.fields(Args):  # flags given now (not at their default) must agree
-        value, old = norm(getattr(args, field.name)), norm(saved[field.name])
-        if field.name not in RESUME_OVERRIDES and value != norm(getattr(defaults, field.name)) and value != old:
-            fail(f"--resume: the checkpoint was trained with --{field.name.replace('_', '-')} {old}, got {value}; "
-                 f"drop the flag to continue that run")
-    overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k) != getattr(defaults, k)}
+    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
+        value, old = norm(getattr(args, name)), norm(saved[name])
+        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
+            fail(
+                f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {old}, got {value}; "
+                "drop the flag to continue that run"
+            )
+    overrides = {
+        k: getattr(args, k) for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))
+    }
     ckpt["args"] = Args(**{**saved, **overrides})
     return ckpt
 
@@ -911,15 +955,21 @@ def restore(ckpt: dict, agent, optimizers, replay, gen, state) -> None:
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
-    """Exported policy (torch.export), loadable without this file:
-    `torch.export.load(path).module()(obs [B, S]) -> (mean [B, D], stddev [B, D])`; metadata in meta.json."""
-    in_dim = agent.policy.torso[0].in_features
-    policy = Policy(in_dim, agent.policy.mean.out_features, args.hidden_sizes)
+    """torch.export of the policy, loadable without this file: `torch.export.load(path).module()(obs [B, S])`
+    returns (mean [B, D], stddev [B, D]); env id, sizes and flags ride along in meta.json."""
+    policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
     policy.load_state_dict(agent.policy.state_dict())
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(policy.cpu().eval(), (torch.zeros(2, in_dim),), dynamic_shapes=({0: batch},))
-    meta = {"env_id": args.env_id, "obs_dim": in_dim, "act_dim": policy.mean.out_features, "multi": args.multi,
-            "script": "dime_morl.py", "hidden_sizes": list(args.hidden_sizes)}
+    example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
+    program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
+    meta = {
+        "env_id": args.env_id,
+        "obs_dim": example.shape[1],
+        "act_dim": policy.mean.out_features,
+        "multi": args.multi,
+        "hidden_sizes": list(args.hidden_sizes),
+        "script": "dime_morl.py",
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
 
 
@@ -931,12 +981,18 @@ def save_replay(replay: Replay, args: Args, path: str) -> None:
     rows = len(data["obs"]) // args.num_envs
     timeouts = data["ends"] & ~data["terminals"]
     timeouts[rows - 1 :: rows] |= ~data["terminals"][rows - 1 :: rows]  # each actor's stream is cut there
+    columns = {
+        "observations": data["obs"],
+        "actions": data["actions"],
+        "rewards": data["rewards"][:, 0],
+        "next_observations": data["next_obs"],
+        "terminals": data["terminals"],
+        "timeouts": timeouts,
+    }
 
     def write(f):
         with h5py.File(f, "w") as h5:
-            for key, value in (("observations", data["obs"]), ("actions", data["actions"]),
-                               ("rewards", data["rewards"][:, 0]), ("next_observations", data["next_obs"]),
-                               ("terminals", data["terminals"]), ("timeouts", timeouts)):
+            for key, value in columns.items():
                 h5.create_dataset(key, data=value, compression="gzip")
             h5.attrs.update({"env_id": args.env_id, "source": "dime_morl.py replay", "seed": args.seed})
 

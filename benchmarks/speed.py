@@ -25,12 +25,14 @@ PRESETS = {  # name: (hidden sizes, batch size)
 def time_morl_learner(preset: str, device: torch.device, steps: int, obs_dim=17, act_dim=6) -> float:
     """Seconds per dime_morl learner step on a full replay of random transitions (cheetah_run sizes)."""
     hidden, batch = PRESETS[preset]
-    args = dime_morl.Args(env_id="cheetah_run", hidden_sizes=hidden, batch_size=batch, buffer_size=100_000,
-                          num_samples=20)
-    agent = dime_morl.Agent(obs_dim, act_dim, 2, 2, args).to(device)
+    args = dime_morl.Args(
+        env_id="cheetah_run", hidden_sizes=hidden, batch_size=batch, buffer_size=100_000, num_samples=20
+    )
+    agent = dime_morl.Agent(obs_dim, act_dim, 2, args).to(device)
     optimizers = {n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr) for n in ("policy", "critic")}
-    optimizers["duals"] = torch.optim.Adam([agent.log_temperature, agent.log_alpha_mean,
-                                            agent.log_alpha_stddev], args.dual_lr)
+    optimizers["duals"] = torch.optim.Adam(
+        [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev], args.dual_lr
+    )
     replay = dime_morl.Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
     for k, v in replay.data.items():
         v.copy_(torch.rand(v.shape) < 0.001 if v.dtype == torch.bool else torch.randn(v.shape))
@@ -58,20 +60,26 @@ def time_actors(env_id: str, num_envs: int, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--steps", type=int, default=30, help="timed learner steps per measurement")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even when CUDA is present")
     opts = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
-    print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else os.cpu_count()} "
-          f"{'' if device.type == 'cuda' else 'CPU cores, '}torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(
+        f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else os.cpu_count()} "
+        f"{'' if device.type == 'cuda' else 'CPU cores, '}torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
     print(f"{'script':<14}{'preset':<8}{'hidden':<28}{'batch':>6}{'ms/step':>10}{'steps/s':>10}")
     for preset in opts.presets:
         sec = time_morl_learner(preset, device, opts.steps if preset == "cpu" else max(opts.steps // 5, 3))
         hidden, batch = PRESETS[preset]
         print(f"{'dime_morl':<14}{preset:<8}{str(hidden):<28}{batch:>6}{sec * 1e3:>10.1f}{1 / sec:>10.1f}")
-    print(f"actors: cheetah_run, 4 envs: {time_actors('cheetah_run', 4, 500):.0f} env steps/s (random actions)")
+    print(
+        f"actors: cheetah_run, 4 envs: {time_actors('cheetah_run', 4, 500):.0f} env steps/s (random actions)"
+    )
 
 
 if __name__ == "__main__":

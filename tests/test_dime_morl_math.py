@@ -34,9 +34,16 @@ def test_e_step_weights_and_dual_match_formula():
             for i in range(7):
                 assert weights[i, b, k].item() == pytest.approx(z[i] / sum(z), rel=1e-12)
     expected = sum(
-        eta[k].item() * (eps[k].item() + np.mean([
-            math.log(np.mean([math.exp(q[i, b, k].item() / eta[k].item()) for i in range(7)])) for b in range(5)
-        ]))
+        eta[k].item()
+        * (
+            eps[k].item()
+            + np.mean(
+                [
+                    math.log(np.mean([math.exp(q[i, b, k].item() / eta[k].item()) for i in range(7)]))
+                    for b in range(5)
+                ]
+            )
+        )
         for k in range(2)
     )
     assert loss.item() == pytest.approx(expected, rel=1e-12)
@@ -87,7 +94,9 @@ def test_combine_objectives_per_method():
     q = torch.randn(4, 3, 2)
     tradeoff = torch.tensor([[1.0, 0.3]]).expand(3, 2)
     q_e, eps, mix = m.combine_objectives(q, tradeoff, "dime", 0.1)
-    assert torch.equal(q_e, q) and torch.allclose(eps, torch.tensor([0.1, 0.1])) and torch.equal(mix, tradeoff)
+    assert (
+        torch.equal(q_e, q) and torch.allclose(eps, torch.tensor([0.1, 0.1])) and torch.equal(mix, tradeoff)
+    )
     q_e, eps, mix = m.combine_objectives(q, tradeoff, "ls", 0.1)
     assert torch.allclose(q_e[..., 0], q[..., 0] + 0.3 * q[..., 1]) and eps.shape == (1,)
     assert torch.equal(mix, torch.ones(3, 1))
@@ -103,8 +112,17 @@ def test_decoupled_cross_entropy_value_and_gradient_split():
     mean, stddev = torch.randn(b, d, requires_grad=True), (torch.rand(b, d) + 0.5).requires_grad_()
     target_mean, target_stddev = torch.randn(b, d), torch.rand(b, d) + 0.5
     loss = m.compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev)
-    expected = -(weights * (Normal(mean, target_stddev).log_prob(actions).sum(-1)
-                            + Normal(target_mean, stddev).log_prob(actions).sum(-1))).sum(0).mean()
+    expected = (
+        -(
+            weights
+            * (
+                Normal(mean, target_stddev).log_prob(actions).sum(-1)
+                + Normal(target_mean, stddev).log_prob(actions).sum(-1)
+            )
+        )
+        .sum(0)
+        .mean()
+    )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
     mean_only = -(weights * Normal(mean, target_stddev).log_prob(actions).sum(-1)).sum(0).mean()
@@ -140,8 +158,9 @@ def test_kl_penalty_and_dual_gradients():
 
 def test_bandit_rewards_are_the_negated_test_functions():
     a = torch.tensor([[0.0], [1.0], [2.0], [-1.0]])
-    assert torch.allclose(m.bandit_rewards("schaffer", a), torch.tensor([[0.0, -4.0], [-1.0, -1.0], [-4.0, 0.0],
-                                                                         [-1.0, -9.0]]))
+    assert torch.allclose(
+        m.bandit_rewards("schaffer", a), torch.tensor([[0.0, -4.0], [-1.0, -1.0], [-4.0, 0.0], [-1.0, -9.0]])
+    )
     ff = m.bandit_rewards("fonseca_fleming", a)
     assert torch.allclose(ff[1], torch.tensor([0.0, math.exp(-4.0) - 1.0]))
     assert torch.allclose(ff[3], torch.tensor([math.exp(-4.0) - 1.0, 0.0]))
@@ -152,9 +171,14 @@ def test_pareto_mask_and_hypervolume():
     assert m.pareto_mask(points).tolist() == [True, True, True, False, False]
     # Staircase above the reference (0, 0): 3*1 + 2*(2-1) + 1*(3-2) = 6.
     assert m.hypervolume(points, np.array([0.0, 0.0])) == pytest.approx(6.0)
-    brute = sum(  # grid estimate of the dominated area for a second reference point
-        any(x <= p[0] and y <= p[1] for p in points) for x in np.arange(1.005, 3.0, 0.01) for y in np.arange(1.005, 3.0, 0.01)
-    ) * 1e-4
+    brute = (
+        sum(  # grid estimate of the dominated area for a second reference point
+            any(x <= p[0] and y <= p[1] for p in points)
+            for x in np.arange(1.005, 3.0, 0.01)
+            for y in np.arange(1.005, 3.0, 0.01)
+        )
+        * 1e-4
+    )
     assert m.hypervolume(points, np.array([1.0, 1.0])) == pytest.approx(brute, abs=0.02)
 
 
@@ -168,9 +192,14 @@ def test_replay_n_step_returns_match_a_loop(tmp_path):
     rewards = rng.normal(size=(rows, envs, 2)).astype(np.float32)
     for t in range(rows):
         kind = [ends_at.get((t, e)) for e in range(envs)]
-        replay.add(obs=torch.tensor([[t * 10.0 + e] for e in range(envs)]), actions=torch.zeros(envs, 1),
-                   rewards=torch.tensor(rewards[t]), next_obs=torch.tensor([[t * 10.0 + e + 100] for e in range(envs)]),
-                   terminals=torch.tensor([k == "terminal" for k in kind]), ends=torch.tensor([k is not None for k in kind]))
+        replay.add(
+            obs=torch.tensor([[t * 10.0 + e] for e in range(envs)]),
+            actions=torch.zeros(envs, 1),
+            rewards=torch.tensor(rewards[t]),
+            next_obs=torch.tensor([[t * 10.0 + e + 100] for e in range(envs)]),
+            terminals=torch.tensor([k == "terminal" for k in kind]),
+            ends=torch.tensor([k is not None for k in kind]),
+        )
     obs, _, returns, discounts, next_obs = replay.sample(500, n, gamma, g)
     for o, r, d, nxt in zip(obs[:, 0].tolist(), returns, discounts.tolist(), next_obs[:, 0].tolist()):
         t, e = divmod(int(round(o)), 10)
@@ -190,8 +219,14 @@ def test_replay_n_step_returns_match_a_loop(tmp_path):
 def test_replay_wraps_around_in_time_order():
     replay = m.Replay(4, 1, 1, 1, 2, torch.device("cpu"))
     for t in range(6):  # 6 rows into a buffer of 4: rows 2..5 remain
-        replay.add(obs=torch.tensor([[float(t)]]), actions=torch.zeros(1, 1), rewards=torch.ones(1, 2),
-                   next_obs=torch.tensor([[t + 1.0]]), terminals=torch.tensor([False]), ends=torch.tensor([False]))
+        replay.add(
+            obs=torch.tensor([[float(t)]]),
+            actions=torch.zeros(1, 1),
+            rewards=torch.ones(1, 2),
+            next_obs=torch.tensor([[t + 1.0]]),
+            terminals=torch.tensor([False]),
+            ends=torch.tensor([False]),
+        )
     assert replay.chronological()["obs"][:, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
     obs, *_ = replay.sample(200, 2, 0.99, torch.Generator().manual_seed(0))
     assert set(obs[:, 0].tolist()) == {2.0, 3.0, 4.0}  # 5 has no successor yet

@@ -18,8 +18,18 @@ import dime_morl as m
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(hidden_sizes=(16, 16), batch_size=8, num_samples=4, log_every=5)
-TINY_CONTROL = dict(TINY, env_id="cartpole_swingup", num_envs=1, learning_starts=200, replay_ratio=0.05,
-                    buffer_size=5000, eval_episodes=1, eval_every=40, target_update_period=10, alpha=0.2)
+TINY_CONTROL = dict(
+    TINY,
+    env_id="cartpole_swingup",
+    num_envs=1,
+    learning_starts=200,
+    replay_ratio=0.05,
+    buffer_size=5000,
+    eval_episodes=1,
+    eval_every=40,
+    target_update_period=10,
+    alpha=0.2,
+)
 
 
 def run(tmp_path, **kwargs) -> dict:
@@ -40,8 +50,17 @@ def strip_times(results: dict) -> dict:
 @pytest.mark.parametrize("method", ["dime", "ls", "mompo"])
 @pytest.mark.parametrize("env_id", ["schaffer", "fonseca_fleming"])
 def test_bandit_runs_and_moves_toward_the_weighted_objective(tmp_path, method, env_id):
-    results = run(tmp_path, env_id=env_id, method=method, alpha=0.9, total_steps=300, eval_every=100,
-                  target_update_period=5, epsilon_mean=0.05, **TINY)
+    results = run(
+        tmp_path,
+        env_id=env_id,
+        method=method,
+        alpha=0.9,
+        total_steps=300,
+        eval_every=100,
+        target_update_period=5,
+        epsilon_mean=0.05,
+        **TINY,
+    )
     assert [e["step"] for e in results["evaluations"]] == [0, 100, 200, 300]
     first, last = results["evaluations"][0]["mean"], results["final"]["mean"]
     # The policy starts at a ≈ 0; α = 0.9 weighs objective 2 (optimum a = 2, resp. -1): it must improve
@@ -52,8 +71,15 @@ def test_bandit_runs_and_moves_toward_the_weighted_objective(tmp_path, method, e
 
 
 def test_bandit_multi_evaluates_every_alpha(tmp_path):
-    results = run(tmp_path, env_id="fonseca_fleming", multi=True, eval_alphas=[0.1, 0.5, 0.9], total_steps=20,
-                  eval_every=10, **TINY)
+    results = run(
+        tmp_path,
+        env_id="fonseca_fleming",
+        multi=True,
+        eval_alphas=[0.1, 0.5, 0.9],
+        total_steps=20,
+        eval_every=10,
+        **TINY,
+    )
     assert results["alpha"] is None
     assert [f["alpha"] for f in results["final"]] == [0.1, 0.5, 0.9]
     assert len(results["evaluations"]) == 3 * 3  # steps 0, 10, 20
@@ -63,8 +89,16 @@ def test_bandit_multi_evaluates_every_alpha(tmp_path):
 @pytest.mark.parametrize("method,multi", [("dime", False), ("ls", True), ("mompo", False)])
 def test_control_task_trains_and_writes_outputs(tmp_path, method, multi):
     replay_path = str(tmp_path / "replay.hdf5")
-    results = run(tmp_path, method=method, multi=multi, total_env_steps=2000, save_model=True,
-                  save_replay=replay_path, action_penalization=method == "mompo", **TINY_CONTROL)
+    results = run(
+        tmp_path,
+        method=method,
+        multi=multi,
+        total_env_steps=2000,
+        save_model=True,
+        save_replay=replay_path,
+        action_penalization=method == "mompo",
+        **TINY_CONTROL,
+    )
     run_dir = run_dir_of(tmp_path)
     assert results["env_steps"] == 2000
     assert results["learner_steps"] == int((2000 - 200) * 0.05)  # replay ratio honoured after learning starts
@@ -75,7 +109,7 @@ def test_control_task_trains_and_writes_outputs(tmp_path, method, multi):
     policy = torch.export.load(os.path.join(run_dir, "policy.pt2")).module()
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     net = m.Policy(5 + 2 * multi, 1, TINY["hidden_sizes"])
-    net.load_state_dict({k[len("policy."):]: v for k, v in ckpt["agent"].items() if k.startswith("policy.")})
+    net.load_state_dict({k[len("policy.") :]: v for k, v in ckpt["agent"].items() if k.startswith("policy.")})
     x = torch.randn(3, 5 + 2 * multi)
     assert torch.allclose(policy(x)[0], net(x)[0], atol=1e-6)
     with h5py.File(replay_path) as f:
@@ -110,13 +144,32 @@ def test_same_seed_same_results(tmp_path):
 
 
 def cli(*flags, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "dime_morl.py"), *flags], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, "MUJOCO_GL": "disable"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "dime_morl.py"), *flags],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "MUJOCO_GL": "disable"},
+        timeout=300,
+    )
 
 
 def test_cli_smoke(tmp_path):
-    proc = cli("--env-id", "schaffer", "--total-steps", "5", "--eval-every", "5", "--hidden-sizes", "8", "8",
-               "--batch-size", "4", "--output-dir", str(tmp_path))
+    proc = cli(
+        "--env-id",
+        "schaffer",
+        "--total-steps",
+        "5",
+        "--eval-every",
+        "5",
+        "--hidden-sizes",
+        "8",
+        "8",
+        "--batch-size",
+        "4",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.load(open(os.path.join(run_dir_of(tmp_path), "results.json")))
     assert results["algo"] == "dime_morl" and results["learner_steps"] == 5
@@ -136,13 +189,16 @@ def assert_one_line_error(proc, *words):
         assert word in lines[0]
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--env-id", "cheetah_walk"], ["--env-id", "cheetah_walk"]),
-    (["--env-id", "schaffer", "--alpha", "1.5"], ["--alpha", "1.5"]),
-    (["--env-id", "cartpole_swingup", "--method", "ls", "--alpha", "-0.1"], ["--alpha"]),
-    (["--env-id", "schaffer", "--multi", "--method", "mompo"], ["--multi"]),
-    (["--env-id", "schaffer", "--batch-size", "0"], ["--batch-size"]),
-])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--env-id", "cheetah_walk"], ["--env-id", "cheetah_walk"]),
+        (["--env-id", "schaffer", "--alpha", "1.5"], ["--alpha", "1.5"]),
+        (["--env-id", "cartpole_swingup", "--method", "ls", "--alpha", "-0.1"], ["--alpha"]),
+        (["--env-id", "schaffer", "--multi", "--method", "mompo"], ["--multi"]),
+        (["--env-id", "schaffer", "--batch-size", "0"], ["--batch-size"]),
+    ],
+)
 def test_bad_flags(tmp_path, flags, words):
     proc = cli(*flags, "--output-dir", str(tmp_path))
     assert_one_line_error(proc, *words)
@@ -168,7 +224,9 @@ def test_bad_resume_inputs_leave_files_untouched(tmp_path):
 def test_existing_save_replay_path_is_refused(tmp_path):
     existing = tmp_path / "data.hdf5"
     existing.write_bytes(b"precious")
-    proc = cli("--env-id", "cartpole_swingup", "--save-replay", str(existing), "--output-dir", str(tmp_path / "o"))
+    proc = cli(
+        "--env-id", "cartpole_swingup", "--save-replay", str(existing), "--output-dir", str(tmp_path / "o")
+    )
     assert_one_line_error(proc, "--save-replay")
     assert existing.read_bytes() == b"precious"
 
@@ -191,7 +249,14 @@ def test_nan_guard_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path,
 
     monkeypatch.setattr(m, "bandit_rewards", poisoned)
     with pytest.raises(SystemExit) as exc:
-        run(tmp_path, env_id="schaffer", total_steps=40, eval_every=100, checkpoint_every=5, **dict(TINY, log_every=5))
+        run(
+            tmp_path,
+            env_id="schaffer",
+            total_steps=40,
+            eval_every=100,
+            checkpoint_every=5,
+            **dict(TINY, log_every=5),
+        )
     assert exc.value.code != 0
     assert "diverged" in capsys.readouterr().err
     ckpt = torch.load(glob.glob(str(tmp_path / "*" / "checkpoint.pt"))[0], weights_only=True)
