@@ -49,7 +49,6 @@ from common.c51 import categorical_l2_project
 
 MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
 MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
-INIT_ALPHA_MEAN, INIT_ALPHA_STDDEV = 10.0, 1000.0  # initial M-step trust-region multipliers (Acme)
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
 EPSILON_PENALTY = 1e-3  # KL bound of the optional out-of-bounds action objective (Acme)
 BANDITS = ("schaffer", "fonseca_fleming")
@@ -146,6 +145,10 @@ class Args:
     """ε_σ: M-step KL bound on the policy stddev (Table 4, MORL)"""
     init_temperature: float = 10.0
     """initial temperature η_k (Table 3)"""
+    init_log_alpha_mean: float = 1.0
+    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO: 1)"""
+    init_log_alpha_stddev: float = 10.0
+    """same for α_σ (Acme TF DMPO: 10; Acme JAX MPO's 1000 holds σ nearly fixed for ~1e5 steps)"""
     action_penalization: bool = False
     """add Acme's out-of-bounds action objective (-‖a - clip(a)‖₂, KL bound 1e-3)"""
     lr: float = 1e-4
@@ -177,7 +180,8 @@ def check_args(args: Args) -> None:
     bandit = args.env_id in BANDITS
     if not bandit and args.env_id not in control_suite_tasks():
         fail(
-            f"--env-id {args.env_id!r} is unknown; use schaffer, fonseca_fleming or a control-suite task <domain>_<task>"
+            f"--env-id {args.env_id!r} is unknown; use schaffer, fonseca_fleming or a control-suite task "
+            "<domain>_<task> such as cheetah_run"
         )
     if not 0.0 <= args.alpha <= (1.0 if bandit or args.method == "ls" else math.inf):
         fail(f"--alpha {args.alpha} is out of range; use [0, 1] for bandits and --method ls, else α ≥ 0")
@@ -316,8 +320,8 @@ class Agent(nn.Module):
         self.log_temperature = nn.Parameter(
             torch.full((num_temperatures,), inv_softplus(args.init_temperature))
         )
-        self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), inv_softplus(INIT_ALPHA_MEAN)))
-        self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), inv_softplus(INIT_ALPHA_STDDEV)))
+        self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
+        self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
         self.update_targets()
 
     @torch.no_grad()
@@ -572,6 +576,11 @@ def main(args: Args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
+    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
+        print(
+            "notice: the paper's network size takes 1-3 s per learner step on a 2-core CPU; for a CPU run "
+            "use --hidden-sizes 256 256 256 --batch-size 256 (docs/dime_morl.md)"
+        )
     gen = torch.Generator(device).manual_seed(args.seed)
     bandit = args.env_id in BANDITS
     envs = None if bandit else make_envs(args.env_id, args.num_envs)
@@ -921,7 +930,8 @@ def load_checkpoint(args: Args) -> dict:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
         fail(
-            f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); pass a checkpoint.pt of dime_morl.py"
+            f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); "
+            "pass a checkpoint.pt written by dime_morl.py"
         )
     if not isinstance(ckpt, dict) or ckpt.get("script") != "dime_morl":
         fail(f"--resume {args.resume} was not written by dime_morl.py; pass one of its checkpoint.pt files")
@@ -974,7 +984,7 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
 
 
 def save_replay(replay: Replay, args: Args, path: str) -> None:
-    """The replay as a project/D4RL-style HDF5 dataset (task reward; each actor's last row ends an episode)."""
+    """The replay as a project/D4RL-style HDF5 dataset (task reward; each actor's last row ends episodes)."""
     import h5py
 
     data = replay.chronological()

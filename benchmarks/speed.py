@@ -34,7 +34,7 @@ def time_morl_learner(preset: str, device: torch.device, steps: int, obs_dim=17,
         [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev], args.dual_lr
     )
     replay = dime_morl.Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
-    for k, v in replay.data.items():
+    for v in replay.data.values():
         v.copy_(torch.rand(v.shape) < 0.001 if v.dtype == torch.bool else torch.randn(v.shape))
     replay.full = True
     atoms = torch.stack([torch.linspace(-150, 150, 101), torch.linspace(-245, 0, 101)]).to(device)
@@ -68,10 +68,8 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even when CUDA is present")
     opts = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
-    print(
-        f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else os.cpu_count()} "
-        f"{'' if device.type == 'cuda' else 'CPU cores, '}torch {torch.__version__}, {torch.get_num_threads()} threads)"
-    )
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
+    print(f"device: {device} ({where}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"{'script':<14}{'preset':<8}{'hidden':<28}{'batch':>6}{'ms/step':>10}{'steps/s':>10}")
     for preset in opts.presets:
         sec = time_morl_learner(preset, device, opts.steps if preset == "cpu" else max(opts.steps // 5, 3))

@@ -73,7 +73,7 @@ def test_nonparametric_kl_extremes():
 
 
 def test_dime_weights_are_scale_invariant_and_ls_weights_are_not():
-    """Scaling one objective's Q by 10 leaves DiME's E-step weights unchanged but changes LS's (Sec. 3.2, 4)."""
+    """Scaling one objective's Q by 10 leaves DiME's E-step weights unchanged, not LS's (Sec. 3.2, 4)."""
     torch.manual_seed(2)
     q = torch.randn(20, 32, 2, dtype=torch.float64)
     scaled = q * torch.tensor([1.0, 10.0], dtype=torch.float64)
