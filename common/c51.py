@@ -36,6 +36,11 @@ def categorical_l2_project(
     num_atoms = atoms.shape[0]
     if probs.dim() != 2 or probs.shape[1] != num_atoms:
         raise ValueError(f"probs must be [B, {num_atoms}], got {tuple(probs.shape)}")
+    if rewards.shape != probs.shape[:1] or discounts.shape != probs.shape[:1]:  # else rows would lose mass
+        raise ValueError(
+            f"rewards and discounts must be [{probs.shape[0]}], got {tuple(rewards.shape)} and "
+            f"{tuple(discounts.shape)}"
+        )
     v_min, v_max = atoms[0], atoms[-1]
     delta_z = (v_max - v_min) / (num_atoms - 1)
     shifted = (rewards[:, None] + discounts[:, None] * atoms[None, :]).clamp(v_min, v_max)  # [B, J]

@@ -207,3 +207,15 @@ def test_cuda_matches_cpu(dtype, atol):
     gpu = categorical_l2_project(*(t.cuda() for t in (probs, rewards, discounts, atoms)))
     assert gpu.is_cuda and gpu.dtype == dtype
     torch.testing.assert_close(gpu.cpu(), cpu, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("rewards_shape", "discounts_shape"), [((1,), (4,)), ((4,), (1,)), ((4, 1), (4,)), ((), (4,))]
+)
+def test_bad_rewards_or_discounts_shape_is_refused(rewards_shape, discounts_shape):
+    """A [1] reward would broadcast into the shift but leave rows 1..B-1 without mass."""
+    atoms = torch.linspace(0.0, 1.0, 7)
+    with pytest.raises(ValueError, match="rewards and discounts must be"):
+        categorical_l2_project(
+            torch.ones(4, 7) / 7, torch.zeros(rewards_shape), torch.ones(discounts_shape), atoms
+        )
