@@ -53,7 +53,7 @@ POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init
 EPSILON_PENALTY = 1e-3  # KL bound of the optional out-of-bounds action objective (Acme)
 BANDITS = ("schaffer", "fonseca_fleming")
 VIDEO_FRAME_SKIP = 4  # --capture-video keeps every 4th frame of the first evaluation episode
-RESUME_OVERRIDES = (
+RESUME_OVERRIDES = (  # flags a resumed run may change
     "total_steps total_env_steps checkpoint_every eval_every resume cuda track save_model "
     "save_replay capture_video log_every compile"
 ).split()  # flags a resumed run may change
@@ -175,14 +175,17 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def diverged(what: str, step: int, run_dir: str) -> None:
+    kept = f"the last good checkpoint is kept in {run_dir}"
+    fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+
+
 def check_args(args: Args) -> None:
     """Validate flags once, naming the flag, the value received and the fix."""
     bandit = args.env_id in BANDITS
     if not bandit and args.env_id not in control_suite_tasks():
-        fail(
-            f"--env-id {args.env_id!r} is unknown; use schaffer, fonseca_fleming or a control-suite task "
-            "<domain>_<task> such as cheetah_run"
-        )
+        known = "schaffer, fonseca_fleming or a control-suite task <domain>_<task> such as cheetah_run"
+        fail(f"--env-id {args.env_id!r} is unknown; use {known}")
     if not 0.0 <= args.alpha <= (1.0 if bandit or args.method == "ls" else math.inf):
         fail(f"--alpha {args.alpha} is out of range; use [0, 1] for bandits and --method ls, else α ≥ 0")
     if args.multi and args.method == "mompo":
@@ -241,6 +244,14 @@ def bandit_rewards(env_id: str, actions: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.exp(-((a - 1.0) ** 2)) - 1.0, torch.exp(-((a + 1.0) ** 2)) - 1.0], -1)
 
 
+def draw_alphas(args: Args, n: int, gen: torch.Generator, device) -> torch.Tensor:
+    """n trade-offs: --alpha, or uniform in --alpha-range with --multi."""
+    if not args.multi:
+        return torch.full((n,), args.alpha, device=device)
+    low, high = args.alpha_range
+    return low + (high - low) * torch.rand(n, device=device, generator=gen)
+
+
 def tradeoff_vector(alpha: torch.Tensor, bandit: bool, method: str) -> torch.Tensor:
     """Trade-off α -> objective weights [..., K]: (1-α, α) for bandits and ls, else (1, α) (Table 4)."""
     first = 1.0 - alpha if bandit or method == "ls" else torch.ones_like(alpha)
@@ -249,17 +260,10 @@ def tradeoff_vector(alpha: torch.Tensor, bandit: bool, method: str) -> torch.Ten
 
 def critic_supports(args: Args, act_dim: int) -> torch.Tensor:
     """Atoms [K, I]: task [v_min, v_max]; cost [-√D·scale/(1-γ), 0], the range of its discounted sum."""
-    cost_min = (
-        args.cost_v_min
-        if args.cost_v_min is not None
-        else -math.sqrt(act_dim) * args.cost_scale / (1 - args.gamma)
-    )
-    return torch.stack(
-        [
-            torch.linspace(args.v_min, args.v_max, args.num_atoms),
-            torch.linspace(cost_min, 0.0, args.num_atoms),
-        ]
-    )
+    cost_min = -math.sqrt(act_dim) * args.cost_scale / (1 - args.gamma)
+    cost_min = cost_min if args.cost_v_min is None else args.cost_v_min
+    task, cost = (args.v_min, args.v_max, args.num_atoms), (cost_min, 0.0, args.num_atoms)
+    return torch.stack([torch.linspace(*task), torch.linspace(*cost)])
 
 
 # ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
@@ -306,20 +310,16 @@ class Critic(nn.Module):
 class Agent(nn.Module):
     """Every learned quantity (online and target networks, dual variables) in one state_dict."""
 
-    def __init__(
-        self, obs_dim: int, act_dim: int, num_temperatures: int, args: Args, num_objectives: int = 2
-    ):
+    def __init__(self, obs_dim: int, act_dim: int, num_temperatures: int, args: Args):
         super().__init__()
-        self.policy, self.target_policy = (Policy(obs_dim, act_dim, args.hidden_sizes) for _ in range(2))
+        hidden, critic_in = args.hidden_sizes, obs_dim + act_dim
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
         self.critic = self.target_critic = None
-        if args.env_id not in BANDITS:
-            self.critic, self.target_critic = (
-                Critic(obs_dim + act_dim, num_objectives, args.num_atoms, args.hidden_sizes) for _ in range(2)
-            )
+        if args.env_id not in BANDITS:  # K = 2 objectives
+            self.critic, self.target_critic = (Critic(critic_in, 2, args.num_atoms, hidden) for _ in range(2))
         # Duals live in log space behind softplus (Acme): temperatures η_k, per-dimension α_μ, α_σ.
-        self.log_temperature = nn.Parameter(
-            torch.full((num_temperatures,), inv_softplus(args.init_temperature))
-        )
+        eta = inv_softplus(args.init_temperature)
+        self.log_temperature = nn.Parameter(torch.full((num_temperatures,), eta))
         self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
         self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
         self.update_targets()
@@ -347,10 +347,8 @@ def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.
     """Project the mixture of the N target pmfs, shifted by the n-step return, onto each support (SPEC §4).
     next_pmfs [N, B, K, I], returns [B, K], discounts [B], atoms [K, I] -> target pmfs [B, K, I]."""
     mixture = next_pmfs.mean(0)  # [B, K, I]
-    targets = [
-        categorical_l2_project(mixture[:, k], returns[:, k], discounts, z) for k, z in enumerate(atoms)
-    ]
-    return torch.stack(targets, 1)
+    project = categorical_l2_project
+    return torch.stack([project(mixture[:, k], returns[:, k], discounts, z) for k, z in enumerate(atoms)], 1)
 
 
 def critic_loss(logits: torch.Tensor, target_pmfs: torch.Tensor) -> torch.Tensor:
@@ -387,10 +385,9 @@ def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
 def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
     """-Σ_N w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
     actions [N, B, D], weights [N, B] (combined over objectives), distribution parameters [B, D]."""
-    log_prob = gaussian_log_prob(actions, mean, target_stddev) + gaussian_log_prob(
-        actions, target_mean, stddev
-    )
-    return -(weights * log_prob).sum(0).mean()
+    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)  # trains the mean
+    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)  # trains the stddev
+    return -(weights * (fixed_stddev + fixed_mean)).sum(0).mean()
 
 
 def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, epsilon: float):
@@ -423,25 +420,18 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_val
     temperature = dual(agent.log_temperature)
     weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilons, temperature)
     mean, stddev = agent.policy(states)
-    cross_entropy = compute_cross_entropy_loss(
-        actions, (weights * mix).sum(-1), mean, stddev, target_mean, target_stddev
-    )
+    m_step_weights = (weights * mix).sum(-1)  # [N, B]: eq. 51's convex combination of the E-step weights
+    target = target_mean, target_stddev
+    cross_entropy = compute_cross_entropy_loss(actions, m_step_weights, mean, stddev, *target)
     kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
     kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    pen_mean, dual_mean, kl_mean = compute_kl_penalty_and_dual_loss(
-        kl_mean, agent.log_alpha_mean, args.epsilon_mean
-    )
-    pen_std, dual_std, kl_std = compute_kl_penalty_and_dual_loss(
-        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
-    )
+    trust_region = compute_kl_penalty_and_dual_loss
+    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
+    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
     loss = cross_entropy + pen_mean + pen_std
-    stats = {
-        "losses/policy_loss": loss,
-        "losses/kl_mean": kl_mean,
-        "losses/kl_stddev": kl_std,
-        "losses/alpha_mean": dual(agent.log_alpha_mean).mean(),
-        "losses/alpha_stddev": dual(agent.log_alpha_stddev).mean(),
-    }
+    alpha_mean, alpha_stddev = dual(agent.log_alpha_mean).mean(), dual(agent.log_alpha_stddev).mean()
+    stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
+    stats.update({"losses/alpha_mean": alpha_mean, "losses/alpha_stddev": alpha_stddev})
     for k, (eta, kl_q) in enumerate(zip(temperature, compute_nonparametric_kl(weights) / epsilons)):
         stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
     return loss + temperature_loss + dual_mean + dual_std, stats
@@ -455,22 +445,12 @@ class Replay:
 
     def __init__(self, capacity: int, num_envs: int, obs_dim: int, act_dim: int, num_objectives: int, device):
         self.rows, self.pos, self.full = max(capacity // num_envs, 1), 0, False
-        dims = {
-            "obs": (obs_dim,),
-            "actions": (act_dim,),
-            "rewards": (num_objectives,),
-            "next_obs": (obs_dim,),
-        }
-        self.data = {
-            k: torch.zeros(
-                self.rows,
-                num_envs,
-                *dims.get(k, ()),
-                device=device,
-                dtype=torch.float32 if k in dims else torch.bool,
-            )
-            for k in self.KEYS
-        }
+        dims = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (num_objectives,)}
+        dims["next_obs"] = (obs_dim,)
+        self.data = {}
+        for k in self.KEYS:  # float32 transitions; bool flags "terminals" (true end) and "ends" (end or cut)
+            dtype = torch.float32 if k in dims else torch.bool
+            self.data[k] = torch.zeros(self.rows, num_envs, *dims.get(k, ()), device=device, dtype=dtype)
 
     def add(self, **row: torch.Tensor) -> None:
         for k in self.KEYS:
@@ -488,9 +468,8 @@ class Replay:
         idx = (t[None] + steps[:, None]) % self.rows  # [n, B]
         ends = d["ends"][idx, e].float()
         alive = torch.cumprod(torch.cat([torch.ones_like(ends[:1]), 1.0 - ends[:-1]]), 0)  # [n, B]
-        returns = ((alive * gamma ** steps[:, None].float())[..., None] * d["rewards"][idx, e]).sum(
-            0
-        )  # [B, K]
+        weights = alive * gamma ** steps[:, None].float()  # γ^k while the episode lasts
+        returns = (weights[..., None] * d["rewards"][idx, e]).sum(0)  # [B, K]
         taken = alive.sum(0).long()  # [B]
         last = idx.gather(0, (taken - 1)[None]).squeeze(0)
         discounts = gamma ** taken.float() * (1.0 - d["terminals"][last, e].float())
@@ -508,12 +487,9 @@ class Replay:
 
     def chronological(self) -> dict[str, np.ndarray]:
         """Every actor's transitions in time order, actor after actor (for --save-replay)."""
-        order = (
-            torch.arange(self.pos, self.pos + self.rows) % self.rows if self.full else torch.arange(self.pos)
-        )
-        return {
-            k: v[order.to(v.device)].transpose(0, 1).flatten(0, 1).cpu().numpy() for k, v in self.data.items()
-        }
+        first, count = (self.pos, self.rows) if self.full else (0, self.pos)
+        order = (torch.arange(first, first + count) % self.rows).to(self.data["obs"].device)
+        return {k: v[order].transpose(0, 1).flatten(0, 1).cpu().numpy() for k, v in self.data.items()}
 
 
 # ==== 8. Learner step: one update of critic, policy and duals =============================================
@@ -523,15 +499,10 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
     if bandit:  # a one-step bandit: a single dummy state, exact rewards
         states = torch.zeros(args.batch_size, 1, device=device)
     else:
-        obs, actions, returns, discounts, states = replay.sample(
-            args.batch_size, args.n_step, args.gamma, gen
-        )
-    alphas = torch.full((args.batch_size,), args.alpha, device=device)
-    if args.multi:  # hindsight relabelling: a fresh trade-off for every sampled transition (App. A)
-        alphas = args.alpha_range[0] + (args.alpha_range[1] - args.alpha_range[0]) * torch.rand(
-            args.batch_size, device=device, generator=gen
-        )
-    tradeoff = tradeoff_vector(alphas, bandit, args.method)  # [B, K]
+        batch = replay.sample(args.batch_size, args.n_step, args.gamma, gen)
+        obs, actions, returns, discounts, states = batch
+    # The trade-off of every sample: fixed, or a fresh draw per transition with --multi (App. A relabelling).
+    tradeoff = tradeoff_vector(draw_alphas(args, args.batch_size, gen, device), bandit, args.method)  # [B, K]
     if args.multi:
         states = torch.cat([states, tradeoff], -1)
     with torch.no_grad():  # N actions from the target policy π_i and their Q_k
@@ -577,16 +548,14 @@ def main(args: Args) -> dict:
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
-        print(
-            "notice: the paper's network size takes 1-3 s per learner step on a 2-core CPU; for a CPU run "
-            "use --hidden-sizes 256 256 256 --batch-size 256 (docs/dime_morl.md)"
-        )
+        preset = "--hidden-sizes 256 256 256 --batch-size 256"
+        print(f"notice: the paper's network size takes 1-3 s per learner step on 2 CPU cores; use {preset}")
     gen = torch.Generator(device).manual_seed(args.seed)
     bandit = args.env_id in BANDITS
     envs = None if bandit else make_envs(args.env_id, args.num_envs)
-    obs_dim, act_dim = (
-        (1, 1) if bandit else (envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
-    )
+    spaces = (1,), (1,)  # a bandit's dummy state and scalar action
+    spaces = spaces if bandit else (envs.single_observation_space.shape, envs.single_action_space.shape)
+    (obs_dim,), (act_dim,) = spaces
     num_temperatures = (1 if args.method == "ls" else 2) + args.action_penalization
     agent = Agent(obs_dim + 2 * args.multi, act_dim, num_temperatures, args).to(device)
     if args.compile:  # compiles forward in place: state_dict keys stay the same
@@ -594,40 +563,24 @@ def main(args: Args) -> dict:
         for net in filter(None, (agent.policy, agent.target_policy, agent.critic, agent.target_critic)):
             net.compile()
     atoms = None if bandit else critic_supports(args, act_dim).to(device)
-    groups = ("policy",) if bandit else ("policy", "critic")
-    optimizers = {
-        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=args.weight_decay)
-        for n in groups
-    }
-    optimizers["duals"] = torch.optim.Adam(
-        [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev], args.dual_lr
-    )
+    optimizers = {}  # one per parameter group, as in Acme's DMPO learner
+    for name in ("policy",) if bandit else ("policy", "critic"):
+        params = getattr(agent, name).parameters()
+        optimizers[name] = torch.optim.AdamW(params, args.lr, weight_decay=args.weight_decay)
+    duals = [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev]
+    optimizers["duals"] = torch.optim.Adam(duals, args.dual_lr)
     replay = None if bandit else Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
-    state = {
-        "learner_steps": 0,
-        "env_steps": 0,
-        "round": 0,
-        "credit": 0.0,
-        "evaluations": [],
-        "last_eval": -1,
-        "last_ckpt": 0,
-        "wall_time": 0.0,
-    }
+    state = dict(learner_steps=0, env_steps=0, round=0, credit=0.0, evaluations=[], last_eval=-1, last_ckpt=0)
+    state["wall_time"] = 0.0  # counters, results so far and time: all that a checkpoint must carry
     if ckpt:
         restore(ckpt, agent, optimizers, replay, gen, state)
     run_dir, writer = open_run(args)
-    eval_alphas = (
-        [args.alpha] if not args.multi else args.eval_alphas or np.linspace(*args.alpha_range, 5).tolist()
-    )
+    eval_alphas = [args.alpha]
+    if args.multi:
+        eval_alphas = args.eval_alphas or np.linspace(*args.alpha_range, 5).tolist()
     counter, total = ("learner_steps", args.total_steps) if bandit else ("env_steps", args.total_env_steps)
-    progress = tqdm(
-        total=total,
-        initial=state[counter],
-        unit="step",
-        desc=f"{args.method} {args.env_id}",
-        dynamic_ncols=True,
-        disable=None,
-    )
+    desc = f"{args.method} {args.env_id}"
+    progress = tqdm(total=total, initial=state[counter], unit="step", desc=desc, dynamic_ncols=True)
     start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
 
     def learn() -> None:
@@ -666,17 +619,11 @@ def main(args: Args) -> dict:
     return write_results(args, state, run_dir, eval_alphas, act_dim)
 
 
-def run_round(
-    envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, device, writer, learn
-) -> None:
+def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, device, writer, learn):
     """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave."""
     obs, _ = envs.reset(seed=round_seeds(args.seed, state["round"], 0, args.num_envs))
     obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-    alphas = torch.full((args.num_envs,), args.alpha, device=device)
-    if args.multi:  # one trade-off per actor and episode (App. C, "Gathering Data")
-        alphas = args.alpha_range[0] + (args.alpha_range[1] - args.alpha_range[0]) * torch.rand(
-            args.num_envs, device=device, generator=gen
-        )
+    alphas = draw_alphas(args, args.num_envs, gen, device)  # one per actor and episode (App. C)
     cond = tradeoff_vector(alphas, False, args.method)
     episode_return, done = torch.zeros(args.num_envs, 2, device=device), False
     while not done:
@@ -689,14 +636,8 @@ def run_round(
         rewards = torch.stack([torch.as_tensor(reward, dtype=torch.float32, device=device), cost], -1)
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
         terminals = torch.as_tensor(terminated, device=device)
-        replay.add(
-            obs=obs,
-            actions=actions,
-            rewards=rewards,
-            next_obs=next_obs,
-            terminals=terminals,
-            ends=torch.full_like(terminals, done),
-        )
+        transition = dict(obs=obs, actions=actions, rewards=rewards, next_obs=next_obs, terminals=terminals)
+        replay.add(**transition, ends=torch.full_like(terminals, done))
         episode_return, obs = episode_return + rewards, next_obs
         state["env_steps"] += args.num_envs
         if state["env_steps"] >= max(args.learning_starts, args.num_envs * args.n_step):
@@ -715,13 +656,7 @@ def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir:
     values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
     metrics.clear()
     if not all(math.isfinite(v) for v in values):
-        bad = ", ".join(k for k, v in zip(keys, values) if not math.isfinite(v))
-        print(
-            f"error: training diverged at learner step {step} ({bad} not finite); the last good checkpoint "
-            f"is kept in {run_dir}; lower --lr or check the rewards",
-            file=sys.stderr,
-        )
-        sys.exit(3)
+        diverged(", ".join(k for k, v in zip(keys, values) if not math.isfinite(v)), step, run_dir)
     for k, v in zip(keys, values):
         if k != "loss":
             writer.add_scalar(k, v, step)
@@ -746,15 +681,15 @@ def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, vid
     envs = make_envs(args.env_id, args.eval_episodes, render=video is not None)
     obs, _ = envs.reset(seed=round_seeds(args.seed, round_idx, 1, args.eval_episodes))
     returns, alive, frames = np.zeros((args.eval_episodes, 2)), np.ones(args.eval_episodes, bool), []
-    for t in range(sys.maxsize):
-        if not alive.any():
-            break
+    t = 0
+    while alive.any():
         if video and alive[0] and t % VIDEO_FRAME_SKIP == 0:
             frames.append(envs.envs[0].render())
         actions = act(torch.as_tensor(obs, dtype=torch.float32, device=device)).clamp(-1.0, 1.0).cpu().numpy()
         obs, reward, terminated, truncated, _ = envs.step(actions)
         returns[alive] += np.stack([reward, -np.linalg.norm(actions, axis=-1) * args.cost_scale], -1)[alive]
         alive &= ~(terminated | truncated)
+        t += 1
     envs.close()
     if video:
         import imageio
@@ -770,24 +705,13 @@ def evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, p
     if args.save_model:
         export_policy(agent, args, os.path.join(run_dir, "policies", f"step_{step}.pt2"))
     for alpha in eval_alphas:
-        video = (
-            os.path.join(run_dir, "videos", f"step_{step}_alpha_{alpha}.gif") if args.capture_video else None
-        )
-        returns = evaluate(agent, args, alpha, state["round"], device, video)
-        mean = returns.mean(0).tolist()
-        state["evaluations"].append(
-            {
-                "step": step,
-                "env_steps": state["env_steps"],
-                "alpha": alpha,
-                "returns": returns.tolist(),
-                "mean": mean,
-            }
-        )
-        progress.write(
-            f"step {step} env_steps {state['env_steps']} alpha {alpha}: mean returns "
-            + " ".join(f"{x:.3f}" for x in mean)
-        )
+        video = os.path.join(run_dir, "videos", f"step_{step}_alpha_{alpha}.gif")
+        returns = evaluate(agent, args, alpha, state["round"], device, video if args.capture_video else None)
+        mean, env_steps = returns.mean(0).tolist(), state["env_steps"]
+        record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}
+        record["mean"] = mean
+        state["evaluations"].append(record)
+        progress.write(f"step {step} (env steps {env_steps}) α {alpha}: returns {mean[0]:.2f}, {mean[1]:.2f}")
         prefix = f"eval/alpha_{alpha}/" if args.multi else "eval/"
         writer.add_scalar(prefix + "episodic_return", mean[0], step)
         writer.add_scalar(prefix + "episodic_cost", mean[1], step)
@@ -812,53 +736,50 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
 
 def write_results(args: Args, state: dict, run_dir: str, eval_alphas: list[float], act_dim: int) -> dict:
     """results.json (SPEC §8) with the Pareto front and hypervolume of the final evaluation, and its plot."""
-    final = [
-        {"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()}
-        for e in state["evaluations"][-len(eval_alphas) :]
-    ]
+    final = []  # the last evaluation, one entry per trade-off
+    for e in state["evaluations"][-len(eval_alphas) :]:
+        final.append({"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()})
     points = np.array([f["mean"] for f in final])
-    worst = {
-        "schaffer": [-4.0, -4.0],
-        "fonseca_fleming": [-1.0, -1.0],
-    }  # each objective at the other's optimum
-    reference = np.array(
-        args.hv_reference or worst.get(args.env_id, [0.0, -math.sqrt(act_dim) * args.cost_scale * 1000])
-    )
-    results = {
-        "algo": "dime_morl",
-        "method": args.method,
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "alpha": None if args.multi else args.alpha,
-        "objectives": ["f1", "f2"] if args.env_id in BANDITS else ["task", "cost"],
-        "evaluations": state["evaluations"],
-        "final": final if args.multi else final[0],
-        "pareto": points[pareto_mask(points)].tolist(),
-        "hypervolume": hypervolume(points, reference),
-        "hv_reference": reference.tolist(),
-        "learner_steps": state["learner_steps"],
-        "env_steps": state["env_steps"],
-        "wall_time_s": state["wall_time"],
-        "learner_steps_per_second": state["learner_steps"] / max(state["wall_time"], 1e-9),
-        "args": dataclasses.asdict(args),
-    }
+    # Hypervolume reference: each objective's worst return (bandits: its value at the other's optimum).
+    worst = {"schaffer": [-4.0, -4.0], "fonseca_fleming": [-1.0, -1.0]}
+    worst = worst.get(args.env_id, [0.0, -math.sqrt(act_dim) * args.cost_scale * 1000])  # 1000-step episodes
+    reference = np.array(args.hv_reference or worst)
+    results = {"algo": "dime_morl", "method": args.method, "env_id": args.env_id, "seed": args.seed}
+    results["alpha"] = None if args.multi else args.alpha
+    results["objectives"] = ["f1", "f2"] if args.env_id in BANDITS else ["task", "cost"]
+    results.update(evaluations=state["evaluations"], final=final if args.multi else final[0])
+    results.update(pareto=points[pareto_mask(points)].tolist(), hypervolume=hypervolume(points, reference))
+    results.update(hv_reference=reference.tolist(), learner_steps=state["learner_steps"])
+    results.update(env_steps=state["env_steps"], wall_time_s=state["wall_time"])
+    results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
+    results["args"] = dataclasses.asdict(args)
     atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
+    plot_front(results, os.path.join(run_dir, "pareto.png"))
+    return results
+
+
+def plot_front(results: dict, path: str) -> None:
+    """Every evaluation (coloured by learner step) and the final one per α; bandits: over the true front."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(points[:, 0], points[:, 1], c=eval_alphas, cmap="viridis")
-    ax.set(
-        xlabel=f"return: {results['objectives'][0]}",
-        ylabel=f"return: {results['objectives'][1]}",
-        title=f"{args.env_id} {args.method}: final evaluation per α",
-    )
+    env_id, evaluations = results["env_id"], results["evaluations"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if env_id in BANDITS:  # the true front: the rewards of every Pareto-optimal action
+        optimal = torch.linspace(*((0.0, 2.0) if env_id == "schaffer" else (-1.0, 1.0)), 200)[:, None]
+        ax.plot(*bandit_rewards(env_id, optimal).T, color="0.8", lw=3, label="Pareto front")
+    history, steps = np.array([e["mean"] for e in evaluations]).T, [e["step"] for e in evaluations]
+    sc = ax.scatter(*history, c=steps, cmap="viridis", s=12, label="evaluations")
+    ax.scatter(*np.array(results["pareto"]).T, color="C3", marker="*", s=120, label="final, non-dominated")
+    x_label, y_label = (f"return: {name}" for name in results["objectives"])
+    ax.set(xlabel=x_label, ylabel=y_label, title=f"{env_id}, {results['method']}, α = {results['alpha']}")
+    fig.colorbar(sc, label="learner step")
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "pareto.png"), dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return results
 
 
 # ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
@@ -866,10 +787,10 @@ def open_run(args: Args):
     """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
     from torch.utils.tensorboard import SummaryWriter
 
-    run_dir = os.path.join(
-        args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    )
-    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else run_dir
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    if args.resume:  # continue in the checkpoint's directory
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
     try:
         os.makedirs(run_dir, exist_ok=bool(args.resume))
         if not args.resume:
@@ -879,13 +800,8 @@ def open_run(args: Args):
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name,
-            sync_tensorboard=True,
-            config=dataclasses.asdict(args),
-            name=os.path.basename(run_dir),
-            save_code=True,
-        )
+        config, name = dataclasses.asdict(args), os.path.basename(run_dir)
+        wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
     writer = SummaryWriter(run_dir)
     table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
@@ -908,19 +824,11 @@ def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> Non
     """Everything needed to continue exactly: networks, targets, duals, optimisers, replay, RNG, counters.
     Parameters that are no longer finite are never written over the last good checkpoint."""
     if not all(torch.isfinite(p).all() for p in agent.parameters()):
-        fail(
-            f"training diverged before learner step {state['learner_steps']} (parameters not finite); the "
-            f"last good checkpoint is kept in {run_dir}; lower --lr or check the rewards"
-        )
-    ckpt = {
-        "script": "dime_morl",
-        "args": dataclasses.asdict(args),
-        "agent": agent.state_dict(),
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "rng": gen.get_state(),
-        "replay": None if replay is None else replay.state_dict(),
-        "state": state,
-    }
+        diverged("parameters", state["learner_steps"], run_dir)
+    ckpt = {"script": "dime_morl", "args": dataclasses.asdict(args), "agent": agent.state_dict()}
+    ckpt["state"] = state
+    ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
+    ckpt["rng"], ckpt["replay"] = gen.get_state(), None if replay is None else replay.state_dict()
     atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
@@ -929,10 +837,7 @@ def load_checkpoint(args: Args) -> dict:
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
-        fail(
-            f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); "
-            "pass a checkpoint.pt written by dime_morl.py"
-        )
+        fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("script") != "dime_morl":
         fail(f"--resume {args.resume} was not written by dime_morl.py; pass one of its checkpoint.pt files")
     saved, defaults = ckpt["args"], Args()
@@ -943,13 +848,10 @@ def load_checkpoint(args: Args) -> dict:
     for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
         value, old = norm(getattr(args, name)), norm(saved[name])
         if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
-            fail(
-                f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {old}, got {value}; "
-                "drop the flag to continue that run"
-            )
-    overrides = {
-        k: getattr(args, k) for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))
-    }
+            flag = "--" + name.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
+    changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
+    overrides = {k: getattr(args, k) for k in changed}
     ckpt["args"] = Args(**{**saved, **overrides})
     return ckpt
 
@@ -971,14 +873,8 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
     policy.load_state_dict(agent.policy.state_dict())
     example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
     program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
-    meta = {
-        "env_id": args.env_id,
-        "obs_dim": example.shape[1],
-        "act_dim": policy.mean.out_features,
-        "multi": args.multi,
-        "hidden_sizes": list(args.hidden_sizes),
-        "script": "dime_morl.py",
-    }
+    meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
+    meta.update(multi=args.multi, hidden_sizes=list(args.hidden_sizes), script="dime_morl.py")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
 
@@ -991,14 +887,8 @@ def save_replay(replay: Replay, args: Args, path: str) -> None:
     rows = len(data["obs"]) // args.num_envs
     timeouts = data["ends"] & ~data["terminals"]
     timeouts[rows - 1 :: rows] |= ~data["terminals"][rows - 1 :: rows]  # each actor's stream is cut there
-    columns = {
-        "observations": data["obs"],
-        "actions": data["actions"],
-        "rewards": data["rewards"][:, 0],
-        "next_observations": data["next_obs"],
-        "terminals": data["terminals"],
-        "timeouts": timeouts,
-    }
+    columns = {"observations": data["obs"], "actions": data["actions"], "rewards": data["rewards"][:, 0]}
+    columns.update(next_observations=data["next_obs"], terminals=data["terminals"], timeouts=timeouts)
 
     def write(f):
         with h5py.File(f, "w") as h5:
