@@ -900,4 +900,4 @@ def save_replay(replay: Replay, args: Args, path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

@@ -22,13 +22,20 @@ PRESETS = {  # name: (hidden sizes, batch size)
 }
 
 
-def time_morl_learner(preset: str, device: torch.device, steps: int, obs_dim=17, act_dim=6) -> float:
+def time_morl_learner(preset, device, steps, num_samples=20, compile=False, obs_dim=17, act_dim=6) -> float:
     """Seconds per dime_morl learner step on a full replay of random transitions (cheetah_run sizes)."""
     hidden, batch = PRESETS[preset]
     args = dime_morl.Args(
-        env_id="cheetah_run", hidden_sizes=hidden, batch_size=batch, buffer_size=100_000, num_samples=20
+        env_id="cheetah_run",
+        hidden_sizes=hidden,
+        batch_size=batch,
+        buffer_size=100_000,
+        num_samples=num_samples,
     )
     agent = dime_morl.Agent(obs_dim, act_dim, 2, args).to(device)
+    if compile:
+        for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
+            net.compile()
     optimizers = {n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr) for n in ("policy", "critic")}
     optimizers["duals"] = torch.optim.Adam(
         [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev], args.dual_lr
@@ -39,8 +46,9 @@ def time_morl_learner(preset: str, device: torch.device, steps: int, obs_dim=17,
     replay.full = True
     atoms = torch.stack([torch.linspace(-150, 150, 101), torch.linspace(-245, 0, 101)]).to(device)
     gen = torch.Generator(device).manual_seed(0)
-    for i in range(steps + 5):
-        if i == 5:
+    warmup = 10 if compile else 5
+    for i in range(steps + warmup):
+        if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -70,11 +78,17 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
     print(f"device: {device} ({where}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    print(f"{'script':<14}{'preset':<8}{'hidden':<28}{'batch':>6}{'ms/step':>10}{'steps/s':>10}")
+    print(
+        f"{'script':<11}{'preset':<7}{'hidden':<30}{'batch':>6}{'N':>4}{'compile':>9}{'ms/step':>9}{'steps/s':>9}"
+    )
     for preset in opts.presets:
-        sec = time_morl_learner(preset, device, opts.steps if preset == "cpu" else max(opts.steps // 5, 3))
-        hidden, batch = PRESETS[preset]
-        print(f"{'dime_morl':<14}{preset:<8}{str(hidden):<28}{batch:>6}{sec * 1e3:>10.1f}{1 / sec:>10.1f}")
+        steps = opts.steps if preset == "cpu" or device.type == "cuda" else max(opts.steps // 10, 3)
+        variants = [(20, False), (20, True), (4, False)] if preset == "cpu" else [(20, False)]
+        for num_samples, compile in variants:
+            sec = time_morl_learner(preset, device, steps, num_samples, compile)
+            hidden, batch = PRESETS[preset]
+            row = f"{'dime_morl':<11}{preset:<7}{str(hidden):<30}{batch:>6}{num_samples:>4}{str(compile):>9}"
+            print(f"{row}{sec * 1e3:>9.1f}{1 / sec:>9.1f}")
     print(
         f"actors: cheetah_run, 4 envs: {time_actors('cheetah_run', 4, 500):.0f} env steps/s (random actions)"
     )

@@ -120,21 +120,21 @@ def test_control_task_trains_and_writes_outputs(tmp_path, method, multi):
         assert np.allclose(f["observations"][1:1000], f["next_observations"][:999])
 
 
-def test_resume_continues_exactly_control(tmp_path):
-    kwargs = dict(TINY_CONTROL, checkpoint_every=1)
-    full = run(tmp_path / "full", total_env_steps=3000, **kwargs)
-    run(tmp_path / "part", total_env_steps=2000, **kwargs)
+@pytest.mark.parametrize(
+    "counter,kwargs",
+    [
+        ("total_env_steps", dict(TINY_CONTROL, checkpoint_every=1)),  # checkpoints fall on round boundaries
+        ("total_steps", dict(TINY, env_id="schaffer", alpha=0.3, eval_every=10, checkpoint_every=7)),
+    ],
+    ids=["control", "bandit"],
+)
+def test_resume_continues_exactly(tmp_path, counter, kwargs):
+    """Stop early, resume with a larger budget: the same results.json as one uninterrupted run."""
+    short, full_length = (2000, 3000) if counter == "total_env_steps" else (14, 30)
+    full = run(tmp_path / "full", **{counter: full_length}, **kwargs)
+    run(tmp_path / "part", **{counter: short}, **kwargs)
     ckpt = os.path.join(run_dir_of(tmp_path / "part"), "checkpoint.pt")
-    resumed = m.main(m.Args(resume=ckpt, total_env_steps=3000))
-    assert strip_times(resumed) == strip_times(full)
-
-
-def test_resume_continues_exactly_bandit(tmp_path):
-    kwargs = dict(TINY, env_id="schaffer", alpha=0.3, eval_every=10, checkpoint_every=7)
-    full = run(tmp_path / "full", total_steps=30, **kwargs)
-    run(tmp_path / "part", total_steps=14, **kwargs)
-    ckpt = os.path.join(run_dir_of(tmp_path / "part"), "checkpoint.pt")
-    resumed = m.main(m.Args(resume=ckpt, total_steps=30))
+    resumed = m.main(m.Args(resume=ckpt, **{counter: full_length}))
     assert strip_times(resumed) == strip_times(full)
 
 
