@@ -580,7 +580,9 @@ def main(args: Args) -> dict:
         eval_alphas = args.eval_alphas or np.linspace(*args.alpha_range, 5).tolist()
     counter, total = ("learner_steps", args.total_steps) if bandit else ("env_steps", args.total_env_steps)
     desc = f"{args.method} {args.env_id}"
-    progress = tqdm(total=total, initial=state[counter], unit="step", desc=desc, dynamic_ncols=True)
+    progress = tqdm(
+        total=total, initial=state[counter], unit="step", desc=desc, dynamic_ncols=True, disable=None
+    )
     start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
 
     def learn() -> None:

@@ -17,7 +17,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = {"dime": (0.3, 1.0), "ls": (0.1, 0.3)}  # α_cost per method (DiME: α_task = 1; LS: α_task = 1 - α)
+# --action-penalization keeps the policy mean inside [-1, 1]: outside, every sampled action clips to the same
+# executed action, the cost critic sees no difference between them and the energy trade-off has no effect.
 PRESET = [
+    "--action-penalization",
     "--hidden-sizes",
     "128",
     "128",
@@ -59,7 +62,8 @@ def run_cell(env_id, method, alpha, scale, env_steps, seed, out) -> dict:
             run_root,
             *PRESET,
         ]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "MUJOCO_GL": "disable"})
+        env = {**os.environ, "MUJOCO_GL": "disable"}
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         found = glob.glob(os.path.join(run_root, "*", "results.json"))
     with open(found[0]) as f:
         return json.load(f)

@@ -112,7 +112,9 @@ def plot(table: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(SIGMA_MODES), len(FRONT), figsize=(9, 8), squeeze=False)
+    fig, axes = plt.subplots(
+        len(SIGMA_MODES), len(FRONT), figsize=(9, 8), squeeze=False, layout="constrained"
+    )
     for (row, mode), (col, env_id) in itertools.product(enumerate(SIGMA_MODES), enumerate(FRONT)):
         ax = axes[row, col]
         f = dime_morl.bandit_rewards(env_id, torch.linspace(*FRONT[env_id], 200)[:, None])
@@ -136,7 +138,7 @@ def plot(table: dict, path: str) -> None:
         ax.legend(loc="lower left")
     fig.colorbar(sc, ax=axes, label="trade-off α")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
