@@ -21,6 +21,8 @@ GRID = {"dime": (0.3, 1.0), "ls": (0.1, 0.3)}  # α_cost per method (DiME: α_ta
 # executed action, the cost critic sees no difference between them and the energy trade-off has no effect.
 PRESET = [
     "--action-penalization",
+    "--epsilon-stddev",
+    "1e-5",  # Table 3's bound: σ adapts within a CPU-sized run (Table 4's 1e-7 is for 500M actor steps)
     "--hidden-sizes",
     "128",
     "128",
