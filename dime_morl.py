@@ -549,7 +549,7 @@ def main(args: Args) -> dict:
         print("notice: CUDA is not available, training on the CPU")
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         preset = "--hidden-sizes 256 256 256 --batch-size 256"
-        print(f"notice: the paper's network size takes 1-3 s per learner step on 2 CPU cores; use {preset}")
+        print(f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {preset}")
     gen = torch.Generator(device).manual_seed(args.seed)
     bandit = args.env_id in BANDITS
     envs = None if bandit else make_envs(args.env_id, args.num_envs)
