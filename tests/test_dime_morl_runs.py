@@ -143,15 +143,10 @@ def test_same_seed_same_results(tmp_path):
     assert strip_times(run(tmp_path / "a", **kwargs)) == strip_times(run(tmp_path / "b", **kwargs))
 
 
-def cli(*flags, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "dime_morl.py"), *flags],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, "MUJOCO_GL": "disable"},
-        timeout=300,
-    )
+def cli(*flags, cwd=ROOT, env=None):
+    env = {**os.environ, "MUJOCO_GL": "disable", **(env or {})}
+    command = [sys.executable, os.path.join(ROOT, "dime_morl.py"), *flags]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def test_cli_smoke(tmp_path):
@@ -261,3 +256,48 @@ def test_nan_guard_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path,
     assert "diverged" in capsys.readouterr().err
     ckpt = torch.load(glob.glob(str(tmp_path / "*" / "checkpoint.pt"))[0], weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["agent"].values())
+
+
+def rendering_available() -> bool:
+    probe = "import dm_control.mujoco as m; m.Physics.from_xml_string('<mujoco/>').render(8, 8)"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, env={**os.environ, "MUJOCO_GL": "egl"}
+    )
+    return proc.returncode == 0
+
+
+@pytest.mark.skipif(not rendering_available(), reason="needs EGL rendering")
+def test_capture_video_writes_a_gif_per_evaluation(tmp_path):
+    proc = cli(
+        "--env-id",
+        "cartpole_swingup",
+        "--num-envs",
+        "1",
+        "--total-env-steps",
+        "1000",
+        "--learning-starts",
+        "500",
+        "--hidden-sizes",
+        "8",
+        "8",
+        "--batch-size",
+        "4",
+        "--num-samples",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--capture-video",
+        "--output-dir",
+        str(tmp_path),
+        env={"MUJOCO_GL": "egl"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    videos = sorted(os.listdir(os.path.join(run_dir_of(tmp_path), "videos")))
+    assert len(videos) == 2 and all(v.endswith(".gif") for v in videos)  # step 0 and the final evaluation
+
+
+def test_compile_gives_the_same_learning_signal(tmp_path):
+    kwargs = dict(TINY, env_id="schaffer", alpha=0.7, total_steps=20, eval_every=20)
+    eager = run(tmp_path / "eager", **kwargs)
+    compiled = run(tmp_path / "compiled", compile=True, **kwargs)
+    assert np.allclose(eager["final"]["mean"], compiled["final"]["mean"], atol=1e-4)
