@@ -332,6 +332,25 @@ class Agent(nn.Module):
             self.target_critic.load_state_dict(self.critic.state_dict())
 
 
+def make_optimizers(agent: Agent, args: Args) -> dict:
+    """One optimiser per parameter group, as in Acme's DMPO learner: policy, critic (if any), duals."""
+    groups = ("policy",) if agent.critic is None else ("policy", "critic")
+    optimizers = {
+        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=args.weight_decay)
+        for n in groups
+    }
+    duals = [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev]
+    optimizers["duals"] = torch.optim.Adam(duals, args.dual_lr)
+    return optimizers
+
+
+def compile_networks(agent: Agent) -> None:
+    """torch.compile every network's forward in place (state_dict keys stay the same)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
+    for net in filter(None, (agent.policy, agent.target_policy, agent.critic, agent.target_critic)):
+        net.compile()
+
+
 def inv_softplus(x: float) -> float:
     """θ such that softplus(θ) = x (initial value of a dual variable)."""
     return x + math.log(-math.expm1(-x))
@@ -558,17 +577,10 @@ def main(args: Args) -> dict:
     (obs_dim,), (act_dim,) = spaces
     num_temperatures = (1 if args.method == "ls" else 2) + args.action_penalization
     agent = Agent(obs_dim + 2 * args.multi, act_dim, num_temperatures, args).to(device)
-    if args.compile:  # compiles forward in place: state_dict keys stay the same
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
-        for net in filter(None, (agent.policy, agent.target_policy, agent.critic, agent.target_critic)):
-            net.compile()
+    if args.compile:
+        compile_networks(agent)
     atoms = None if bandit else critic_supports(args, act_dim).to(device)
-    optimizers = {}  # one per parameter group, as in Acme's DMPO learner
-    for name in ("policy",) if bandit else ("policy", "critic"):
-        params = getattr(agent, name).parameters()
-        optimizers[name] = torch.optim.AdamW(params, args.lr, weight_decay=args.weight_decay)
-    duals = [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev]
-    optimizers["duals"] = torch.optim.Adam(duals, args.dual_lr)
+    optimizers = make_optimizers(agent, args)
     replay = None if bandit else Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
     state = dict(learner_steps=0, env_steps=0, round=0, credit=0.0, evaluations=[], last_eval=-1, last_ckpt=0)
     state["wall_time"] = 0.0  # counters, results so far and time: all that a checkpoint must carry

@@ -34,17 +34,13 @@ def time_morl_learner(preset, device, steps, num_samples=20, compile=False, obs_
     )
     agent = dime_morl.Agent(obs_dim, act_dim, 2, args).to(device)
     if compile:
-        for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
-            net.compile()
-    optimizers = {n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr) for n in ("policy", "critic")}
-    optimizers["duals"] = torch.optim.Adam(
-        [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev], args.dual_lr
-    )
+        dime_morl.compile_networks(agent)
+    optimizers = dime_morl.make_optimizers(agent, args)
     replay = dime_morl.Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
     for v in replay.data.values():
         v.copy_(torch.rand(v.shape) < 0.001 if v.dtype == torch.bool else torch.randn(v.shape))
     replay.full = True
-    atoms = torch.stack([torch.linspace(-150, 150, 101), torch.linspace(-245, 0, 101)]).to(device)
+    atoms = dime_morl.critic_supports(args, act_dim).to(device)
     gen = torch.Generator(device).manual_seed(0)
     warmup = 10 if compile else 5
     for i in range(steps + warmup):
