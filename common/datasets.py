@@ -160,28 +160,31 @@ def check_env(ds: Dataset, env_id: str, obs_dims: int, action_dims: int) -> None
 
 # --------------------------------------------------------------------------------------------- n-step
 def nstep_transitions(ds: Dataset, n: int, gamma: float) -> dict[str, np.ndarray]:
-    """(s_t, a_t, R, γ^k·Π d, s_{t+k}) per row, k = min(n, steps left in the episode) (SPEC §4).
+    """(s_t, a_t, R, γ^k·Π d, s_{t+k}, a_{t+k}) per row, k = min(n, steps left in the episode) (SPEC §4).
 
     R = Σ_{j<k} γ^j r_{t+j}; the discount is 0 only if the window reaches a true terminal, never at a
-    time-limit truncation, where the bootstrap uses s_{t+k} = the last row's next observation.
+    time-limit truncation, where the bootstrap uses s_{t+k} = the last row's next observation. The dataset
+    action a_{t+k} at the bootstrap state (the SARSA tuple's second action) exists unless the window reached
+    the episode's end: `next_action_valid` says which rows have it.
     """
     if ds.one_step_only and n > 1:
         raise DatasetError(f"{ds.source} holds 2-step transitions (1-step returns only); pass --n-step 1")
-    ends = ds.episode_ends()
-    last = ends[np.searchsorted(ends, np.arange(len(ds)))]  # the last row of each row's episode
-    k = np.minimum(n, last - np.arange(len(ds)) + 1)
+    rows = np.arange(len(ds))
+    last = ds.episode_ends()[np.searchsorted(ds.episode_ends(), rows)]  # the last row of each row's episode
+    k = np.minimum(n, last - rows + 1)
     returns = np.zeros(len(ds), np.float64)
     for j in range(n):
-        rows = np.minimum(np.arange(len(ds)) + j, len(ds) - 1)
-        returns += np.where(j < k, gamma**j * ds.rewards[rows], 0.0)
-    final = np.arange(len(ds)) + k - 1
-    discounts = gamma**k * ~ds.terminals[final]
+        returns += np.where(j < k, gamma**j * ds.rewards[np.minimum(rows + j, len(ds) - 1)], 0.0)
+    final = rows + k - 1
+    valid = final < last  # s_{t+k} is a dataset state with its own action
     return {
         "observations": ds.observations,
         "actions": ds.actions,
         "returns": returns.astype(np.float32),
-        "discounts": discounts.astype(np.float32),
+        "discounts": (gamma**k * ~ds.terminals[final]).astype(np.float32),
         "next_observations": ds.next_observations[final],
+        "next_actions": ds.actions[np.where(valid, final + 1, final)],
+        "next_action_valid": valid,
     }
 
 

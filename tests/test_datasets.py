@@ -301,6 +301,10 @@ def test_nstep_matches_a_plain_loop():
             assert out["returns"][t] == pytest.approx(ret, rel=1e-5), (n, t)
             assert out["discounts"][t] == pytest.approx(discount, rel=1e-6), (n, t)
             np.testing.assert_array_equal(out["next_observations"][t], ds.next_observations[j])
+            reached_end = ds.terminals[j] or ds.timeouts[j]
+            assert out["next_action_valid"][t] == (not reached_end)
+            if not reached_end:  # the SARSA tuple's second action: the dataset action at s_{t+k}
+                np.testing.assert_array_equal(out["next_actions"][t], ds.actions[j + 1])
 
 
 # ------------------------------------------------------------------------------------------ validation

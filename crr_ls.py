@@ -1,0 +1,566 @@
+# docs and experiment results: docs/crr_ls.md
+"""Offline linear scalarization (LS) of RL and BC: the CRR-exp / AWAC policy loss (eq. 10, Sec. 6.2).
+
+Policy iteration on a fixed dataset D. A C51 critic evaluates π_i (the critic of dime_bc.py); the policy fits
+the dataset actions weighted by their exponentiated advantage at temperature β = α/(1-α):
+    loss = -E_D[min(exp(((1-α)/α)·A(s, a_D)), 20)·log π_θ(a_D|s)],  A = Q(s, a_D) - mean_i Q(s, a_i)
+over N actions a_i sampled from π_i. Trade-off and Q scale are tied in one temperature (the paper's case
+against LS, Sec. 5.2). α = 1 is behaviour cloning exactly (w ≡ 1): the project's BC baseline. Paper: α = 0.3.
+
+Decisions the paper leaves open (docs/crr_ls.md, "Implementation details"):
+- Weights in log space: exp(min(((1-α)/α)·A, log 20)) never overflows, even as α -> 0. No E-step
+  temperature and no M-step trust region: CRR's loss is plain weighted maximum likelihood.
+- One target-critic pass per learner step, as in Acme's DMPO learner: the N actions sampled at the bootstrap
+  state s' = s_{t+k} of each n-step transition give both the C51 mixture target and the advantage
+  baseline, and the weighted BC uses the dataset action at s' (the second action of RL Unplugged's SARSA
+  tuples); s' whose window reached the episode's end has no dataset action and is left out of the policy
+  loss (≤ n/1000 of the states of 1000-step episodes). Computing the advantage on s_t instead would need
+  a second pass over N·B state-action pairs: twice the cost of a step.
+- The dataset lives on the device as precomputed n-step transitions (common.datasets.nstep_transitions);
+  minibatches are drawn there with a seeded torch.Generator: no host/device copy per step.
+- Evaluation runs --eval-episodes episodes of the policy mean (clipped to [-1, 1]) in lockstep with reset
+  seeds derived from (seed, learner step), so `--resume` reproduces an uninterrupted run exactly.
+Shape letters: B batch, N sampled actions per state, D action dims, S observation dims, I atoms.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+from common.c51 import categorical_l2_project
+from common.datasets import DatasetError, check_env, load_dataset, nstep_transitions
+
+POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
+CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
+RESUME_OVERRIDES = (
+    "total_steps checkpoint_every eval_every resume cuda track save_model log_every compile".split()
+)
+
+
+# ==== 1. Args ===========================================================================================
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the evaluation environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to CPU with a notice)"""
+    output_dir: str = "runs"
+    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
+    track: bool = False
+    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
+    wandb_project_name: str = "dime-rl"
+    """the wandb project name"""
+    save_model: bool = False
+    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end"""
+    checkpoint_every: int = 50_000
+    """write <run>/checkpoint.pt every this many learner steps; 0 = never"""
+    resume: str | None = None
+    """a checkpoint.pt to continue exactly (same run directory and flags; --total-steps may grow)"""
+    log_every: int = 100
+    """log losses every this many learner steps (the learner's only device->host copy)"""
+    compile: bool = False
+    """torch.compile the networks (faster learner steps after some seconds of compilation)"""
+
+    # Algorithm specific arguments
+    env_id: str = "cheetah_run"
+    """control-suite task <domain>_<task> used for evaluation (and to build the zoo dataset)"""
+    dataset: str = "zoo"
+    """'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari or RL Unplugged directory"""
+    alpha: float | None = None
+    """(required) trade-off in (0, 1]: temperature α/(1-α) of the advantage (eq. 10); paper: 0.3; 1 = BC"""
+    max_weight: float = 20.0
+    """clip of the weight exp(((1-α)/α)·A) (CRR-exp)"""
+    total_steps: int = 1_000_000
+    """learner steps (Table 3)"""
+    batch_size: int = 512
+    """transitions per learner step (Table 3)"""
+    hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
+    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
+    num_samples: int = 30
+    """N: actions sampled per state for the E-step and the C51 mixture target (Table 3)"""
+    n_step: int = 5
+    """n of the n-step return (Table 3)"""
+    gamma: float = 0.99
+    """discount (Table 3)"""
+    v_min: float = -150.0
+    """lower end of the critic's support (Table 3)"""
+    v_max: float = 150.0
+    """upper end of the critic's support (Table 3)"""
+    num_atoms: int = 101
+    """atoms of the categorical critic (Table 3)"""
+    lr: float = 1e-4
+    """Adam learning rate of policy and critic (Table 3)"""
+    weight_decay: float = 0.01
+    """decoupled (AdamW) weight decay: lr·decay = 1e-6, a per-step shrink of 0.999999 (Table 4)"""
+    target_update_period: int = 100
+    """learner steps between hard copies into the target networks (Table 3)"""
+    grad_clip: float = 40.0
+    """global gradient-norm clip of policy and critic"""
+    eval_every: int = 10_000
+    """evaluate in the environment every this many learner steps"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+
+
+def fail(message: str) -> None:
+    """User error: one clear line on stderr and a non-zero exit."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def diverged(what: str, step: int, run_dir: str) -> None:
+    kept = f"the last good checkpoint is kept in {run_dir}"
+    fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+
+
+def check_args(args: Args) -> None:
+    """Validate flags once, naming the flag, the value received and the fix."""
+    if args.alpha is None and not args.resume:
+        fail("--alpha is required: the trade-off in (0, 1] (paper: 0.3; 1 = BC)")
+    if args.alpha is not None and not 0.0 < args.alpha <= 1.0:
+        fail(f"--alpha {args.alpha} is out of range; use a value in (0, 1] (paper: 0.3; 1 = BC)")
+    for name in ("batch_size", "num_samples", "n_step", "num_atoms", "eval_episodes", "total_steps"):
+        if getattr(args, name) < 1 + (name == "num_atoms"):
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
+    if not args.v_min < args.v_max:
+        fail(f"--v-min {args.v_min} must be below --v-max {args.v_max}")
+
+
+# ==== 2. Environment and dataset ==========================================================================
+def make_envs(env_id: str, num_envs: int):
+    """Control-suite envs (shimmy) stepped in lockstep, observations flattened in alphabetical key order."""
+    import gymnasium as gym
+    import shimmy
+    from dm_control import suite
+
+    gym.register_envs(shimmy)
+    tasks = {f"{d}_{t}": f"dm_control/{d}-{t}-v0" for d, t in suite.ALL_TASKS}
+    if env_id not in tasks:
+        fail(f"--env-id {env_id!r} is unknown; use a control-suite task <domain>_<task> such as cheetah_run")
+    thunks = [lambda: gym.wrappers.FlattenObservation(gym.make(tasks[env_id])) for _ in range(num_envs)]
+    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+def load_data(args: Args, obs_dim: int, act_dim: int, device) -> tuple[dict, dict]:
+    """The dataset as n-step transitions on the device (SPEC §4, §7), and its summary for results.json."""
+    try:
+        ds = load_dataset(args.dataset, args.env_id, seed=0)
+        check_env(ds, args.env_id, obs_dim, act_dim)
+        data = nstep_transitions(ds, args.n_step, args.gamma)
+    except DatasetError as e:
+        fail(str(e))
+    info = ds.summary()
+    print(f"dataset {info['source']}: {info['episodes']} episodes, {info['transitions']} transitions")
+    data = {k: torch.as_tensor(v, device=device) for k, v in data.items()}
+    summary = {k: info[k] for k in ("source", "transitions", "episodes", "return_min", "return_max")}
+    return data, summary
+
+
+# ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
+def layer_norm_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    """Acme's LayerNormMLP: Linear -> LayerNorm -> tanh, then Linear -> ELU for every further layer."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_sizes[0]), nn.LayerNorm(hidden_sizes[0]), nn.Tanh()]
+    for h_in, h_out in zip(hidden_sizes[:-1], hidden_sizes[1:]):
+        layers += [nn.Linear(h_in, h_out), nn.ELU()]
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """Diagonal Gaussian π(a|s): linear mean (no tanh), stddev = softplus(·)·0.7/softplus(0) + 1e-6."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.torso = layer_norm_mlp(obs_dim, hidden_sizes)
+        self.mean = nn.Linear(hidden_sizes[-1], act_dim)
+        self.stddev = nn.Linear(hidden_sizes[-1], act_dim)
+        for head in (self.mean, self.stddev):  # small init: the initial policy is N(≈0, 0.7) everywhere
+            nn.init.trunc_normal_(head.weight, std=math.sqrt(1e-4 / hidden_sizes[-1]))
+            nn.init.zeros_(head.bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.torso(obs)
+        stddev = F.softplus(self.stddev(h)) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
+        return self.mean(h), stddev
+
+
+class Critic(nn.Module):
+    """Categorical Q(s, a): logits over I atoms (Q = Σ softmax·atoms); actions are clipped to [-1, 1]."""
+
+    def __init__(self, in_dim: int, num_atoms: int, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.torso = layer_norm_mlp(in_dim, hidden_sizes)
+        self.head = nn.Linear(hidden_sizes[-1], num_atoms)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs.expand(*actions.shape[:-1], -1), actions.clamp(-1.0, 1.0)], -1)
+        return self.head(self.torso(x))  # [..., I]
+
+
+class Agent(nn.Module):
+    """Every learned quantity (online and target networks) in one state_dict."""
+
+    def __init__(self, obs_dim: int, act_dim: int, args: Args):
+        super().__init__()
+        hidden = args.hidden_sizes
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
+        self.critic, self.target_critic = (
+            Critic(obs_dim + act_dim, args.num_atoms, hidden) for _ in range(2)
+        )
+        self.update_targets()
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Hard copy online -> target (Table 3: every --target-update-period learner steps)."""
+        self.target_policy.load_state_dict(self.policy.state_dict())
+        self.target_critic.load_state_dict(self.critic.state_dict())
+
+
+def make_optimizers(agent: Agent, args: Args) -> dict:
+    """One optimiser per parameter group: policy, critic."""
+    adamw = {
+        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=args.weight_decay)
+        for n in ("policy", "critic")
+    }
+    return adamw
+
+
+def compile_networks(agent: Agent) -> None:
+    """torch.compile every network's forward in place (state_dict keys stay the same)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
+    for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
+        net.compile()
+
+
+# ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
+def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
+    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (SPEC §4).
+    next_pmfs [N, B, I], returns [B], discounts [B], atoms [I] -> target pmfs [B, I]."""
+    return categorical_l2_project(next_pmfs.mean(0), returns, discounts, atoms)
+
+
+def critic_loss(logits: torch.Tensor, target_pmfs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the online logits [B, I] to the projected target pmfs [B, I]."""
+    return -(target_pmfs * logits.log_softmax(-1)).sum(-1).mean()
+
+
+# ==== 5. Advantage weights: LS's E-step in closed form over the dataset actions (eq. 10) ===================
+def compute_advantage_weights(q_values: torch.Tensor, alpha: float, max_weight: float) -> torch.Tensor:
+    """w = min(exp(((1-α)/α)·A), max_weight), A = Q(s, a_D) - mean_i Q(s, a_i), in log space (no overflow
+    as α -> 0; w ≡ 1 at α = 1). q_values [N + 1, B]: the N sampled actions', then the dataset action's."""
+    advantage = q_values[-1] - q_values[:-1].mean(0)
+    return (advantage * ((1.0 - alpha) / alpha)).clamp(max=math.log(max_weight)).exp()
+
+
+# ==== 6. M-step: weighted maximum likelihood =============================================================
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, stddev: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(stddev²)), summed over the last (action) dimension."""
+    return (-0.5 * ((x - mean) / stddev) ** 2 - stddev.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+# ==== 7. Policy objective: LS (CRR-exp), eq. 10 ===========================================================
+def policy_loss(agent: Agent, states, dataset_actions, valid, q_values, args):
+    """LS on `states` [B, S]: -mean_B w·log π_θ(a_D|s) over the dataset actions [B, D] where `valid` [B]
+    (a dataset action exists). q_values [N + 1, B]: the sampled actions', then the dataset action's."""
+    weights = compute_advantage_weights(q_values, args.alpha, args.max_weight) * valid
+    mean, stddev = agent.policy(states)
+    loss = -(weights * gaussian_log_prob(dataset_actions, mean, stddev)).mean()
+    return loss, {"losses/policy_loss": loss, "losses/weight_mean": weights.mean()}
+
+
+# ==== 8. Learner step: one update of critic and policy ===================================================
+def sample_batch(data: dict, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A minibatch of n-step SARSA tuples (s, a, R, γ^k·Π d, s', a', a' exists), drawn on the device."""
+    idx = torch.randint(0, len(data["returns"]), (batch_size,), device=data["returns"].device, generator=gen)
+    keys = "observations actions returns discounts next_observations next_actions next_action_valid".split()
+    return tuple(data[k][idx] for k in keys)
+
+
+def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor, args: Args, gen) -> dict:
+    """One gradient step on every parameter group; returns metric tensors (no host sync)."""
+    obs, actions, returns, discounts, next_obs, next_actions, valid = sample_batch(data, args.batch_size, gen)
+    with torch.no_grad():  # N actions from the target policy π_i at s', and the dataset action a'
+        target_mean, target_stddev = agent.target_policy(next_obs)
+        noise = torch.randn(args.num_samples, *target_mean.shape, device=target_mean.device, generator=gen)
+        sampled = target_mean + target_stddev * noise  # [N, B, D]
+        pmfs = agent.target_critic(next_obs, torch.cat([sampled, next_actions[None]])).softmax(
+            -1
+        )  # [N+1, B, I]
+        target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
+        q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
+    loss, stats = policy_loss(agent, next_obs, next_actions, valid.float(), q_values, args)
+    stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+    loss = loss + stats["losses/critic_loss"]
+    stats["losses/q_mean"], stats["loss"] = q_values[:-1].mean(), loss.detach()
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for name in ("policy", "critic"):
+        nn.utils.clip_grad_norm_(getattr(agent, name).parameters(), args.grad_clip)
+    for opt in optimizers.values():
+        opt.step()
+    return stats
+
+
+# ==== 9. main: seeding, dataset, learner loop ===============================================================
+def main(args: Args) -> dict:
+    os.environ.setdefault("MUJOCO_GL", "disable")  # evaluation needs no rendering; before dm_control loads
+    check_args(args)
+    ckpt = load_checkpoint(args) if args.resume else None
+    args = ckpt["args"] if ckpt else args
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("notice: CUDA is not available, training on the CPU")
+    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
+        print(
+            f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}"
+        )
+    gen = torch.Generator(device).manual_seed(args.seed)
+    envs = make_envs(args.env_id, 1)
+    (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
+    data, dataset_info = load_data(args, obs_dim, act_dim, device)
+    agent = Agent(obs_dim, act_dim, args).to(device)
+    if args.compile:
+        compile_networks(agent)
+    atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
+    optimizers = make_optimizers(agent, args)
+    state = dict(learner_steps=0, last_ckpt=0, evaluations=[], wall_time=0.0)  # all a checkpoint carries
+    if ckpt:
+        restore(ckpt, agent, optimizers, gen, state)
+    run_dir, writer = open_run(args)
+    progress = tqdm(
+        total=args.total_steps,
+        initial=state["learner_steps"],
+        unit="step",
+        desc=args.env_id,
+        dynamic_ncols=True,
+        disable=None,
+    )
+    start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
+
+    def checkpoint() -> None:
+        state["wall_time"], state["last_ckpt"] = time.time() - start, state["learner_steps"]
+        save_checkpoint(run_dir, args, agent, optimizers, gen, state)
+
+    while state["learner_steps"] < args.total_steps:
+        step = state["learner_steps"]
+        if step % args.eval_every == 0 and not any(e["step"] == step for e in state["evaluations"]):
+            evaluate_and_log(agent, args, state, writer, device, progress)
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step > state["last_ckpt"]:
+            checkpoint()
+        metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
+        state["learner_steps"] = step = step + 1
+        if step % args.target_update_period == 0:
+            agent.update_targets()
+        if step % args.log_every == 0:
+            log_metrics(writer, metrics, step, last_log, run_dir)
+        progress.update(1)
+    if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
+        checkpoint()
+    evaluate_and_log(agent, args, state, writer, device, progress)
+    state["wall_time"] = time.time() - start
+    progress.close()
+    if args.save_model:
+        export_policy(agent, args, os.path.join(run_dir, "policy.pt2"))
+    writer.close()
+    return write_results(args, state, run_dir, dataset_info)
+
+
+def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> None:
+    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf."""
+    keys = list(metrics[0])
+    values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
+    metrics.clear()
+    if not all(math.isfinite(v) for v in values):
+        diverged(", ".join(k for k, v in zip(keys, values) if not math.isfinite(v)), step, run_dir)
+    for k, v in zip(keys, values):
+        if k != "loss":
+            writer.add_scalar(k, v, step)
+    now = time.time()
+    writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
+    last_log[:] = step, now
+
+
+# ==== 10. Evaluation ======================================================================================
+@torch.no_grad()
+def evaluate(agent: Agent, args: Args, step: int, device) -> np.ndarray:
+    """Per-episode returns of the policy mean (clipped to [-1, 1]); reset seeds derive from (seed, step)."""
+    envs = make_envs(args.env_id, args.eval_episodes)
+    seeds = np.random.SeedSequence([args.seed, step]).generate_state(args.eval_episodes)
+    obs, _ = envs.reset(seed=[int(s) for s in seeds])
+    returns, alive = np.zeros(args.eval_episodes), np.ones(args.eval_episodes, bool)
+    while alive.any():
+        actions = agent.policy(torch.as_tensor(obs, dtype=torch.float32, device=device))[0]
+        obs, reward, terminated, truncated, _ = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
+        returns += reward * alive
+        alive &= ~(terminated | truncated)
+    envs.close()
+    return returns
+
+
+def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
+    step = state["learner_steps"]
+    returns = evaluate(agent, args, step, device)
+    record = {"step": step, "alpha": args.alpha, "returns": returns.tolist(), "mean": float(returns.mean())}
+    state["evaluations"].append(record)
+    progress.write(f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}")
+    writer.add_scalar("eval/episodic_return", returns.mean(), step)
+
+
+def write_results(args: Args, state: dict, run_dir: str, dataset_info: dict) -> dict:
+    """results.json (SPEC §8) and a learning-curve plot."""
+    last = state["evaluations"][-1]
+    results = {"algo": os.path.basename(__file__)[:-3], "env_id": args.env_id, "seed": args.seed}
+    results.update(dataset=dataset_info, alpha=args.alpha, evaluations=state["evaluations"])
+    results["final"] = {"alpha": args.alpha, "mean": last["mean"], "std": float(np.std(last["returns"]))}
+    results.update(learner_steps=state["learner_steps"], wall_time_s=state["wall_time"])
+    results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
+    results["args"] = dataclasses.asdict(args)
+    atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
+    plot_curve(results, os.path.join(run_dir, "curve.png"))
+    return results
+
+
+def plot_curve(results: dict, path: str) -> None:
+    """Evaluation return (mean ± std over episodes) against learner steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e["step"] for e in results["evaluations"]]
+    mean, std = (np.array([f(e["returns"]) for e in results["evaluations"]]) for f in (np.mean, np.std))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(steps, mean, marker="o")
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set(
+        xlabel="learner step",
+        ylabel="episode return",
+        title=f"{results['algo']} {results['env_id']}, α = {results['alpha']}",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
+def open_run(args: Args):
+    """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = os.path.join(
+        args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    )
+    if args.resume:  # continue in the checkpoint's directory
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    try:
+        os.makedirs(run_dir, exist_ok=bool(args.resume))
+        if not args.resume:
+            write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+    except OSError as e:
+        fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
+    if args.track:
+        import wandb
+
+        config, name = dataclasses.asdict(args), os.path.basename(run_dir)
+        wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    return run_dir, writer
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def atomic_write(path: str, write) -> None:
+    """Write a temporary file beside `path` and rename it: a crash never leaves half a file at `path`."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")  # same suffix
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir, args, agent, optimizers, gen, state) -> None:
+    """Everything needed to continue exactly: networks, targets, optimisers, RNG, counters, results.
+    Parameters that are no longer finite are never written over the last good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in agent.parameters()):
+        diverged("parameters", state["learner_steps"], run_dir)
+    ckpt = {
+        "script": os.path.basename(__file__),
+        "args": dataclasses.asdict(args),
+        "agent": agent.state_dict(),
+    }
+    ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
+    ckpt.update(state=state, rng=gen.get_state())
+    atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(args: Args) -> dict:
+    """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
+    try:
+        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
+        fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != os.path.basename(__file__):
+        fail(f"--resume {args.resume} was not written by {os.path.basename(__file__)}; pass one of its own")
+    saved, defaults = ckpt["args"], Args()
+
+    def norm(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
+        value, old = norm(getattr(args, name)), norm(saved[name])
+        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
+            flag = "--" + name.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
+    changed = {
+        k: getattr(args, k) for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))
+    }
+    ckpt["args"] = Args(**{**saved, **changed})
+    return ckpt
+
+
+def restore(ckpt: dict, agent: Agent, optimizers: dict, gen, state: dict) -> None:
+    agent.load_state_dict(ckpt["agent"])
+    for k, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][k])
+    gen.set_state(ckpt["rng"])
+    state.update(ckpt["state"])
+
+
+def export_policy(agent: Agent, args: Args, path: str) -> None:
+    """torch.export of the policy, loadable without this file: `torch.export.load(path).module()(obs [B, S])`
+    returns (mean [B, D], stddev [B, D]); env id and sizes ride along in meta.json."""
+    policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
+    policy.load_state_dict(agent.policy.state_dict())
+    example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
+    program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
+    meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
+    meta.update(alpha=args.alpha, hidden_sizes=list(args.hidden_sizes), script=os.path.basename(__file__))
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
