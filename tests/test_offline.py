@@ -1,0 +1,185 @@
+"""Offline scripts (dime_bc, dime_awbc, crr_ls): policy-loss maths, tiny runs, exact resume, bad input."""
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from common import datasets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["dime_bc", "dime_awbc", "crr_ls"]
+TINY = dict(env_id="cartpole_swingup", hidden_sizes=(16, 16), batch_size=8, num_samples=3, total_steps=20)
+TINY.update(eval_every=10, eval_episodes=2, checkpoint_every=10, log_every=5, alpha=0.5)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    """Three cartpole_swingup episodes: one uniform-random, two from zoo policies."""
+    ds = datasets.build_zoo_dataset(
+        "cartpole_swingup", episodes=3, seed=0, random_fraction=1 / 3, workers=1, progress=False
+    )
+    path = str(tmp_path_factory.mktemp("data") / "cartpole.hdf5")
+    datasets.save_hdf5(ds, path)
+    return path
+
+
+def run(script: str, dataset: str, output_dir, **overrides) -> dict:
+    module = importlib.import_module(script)
+    return module.main(
+        module.Args(**{**TINY, "dataset": dataset, "output_dir": str(output_dir), **overrides})
+    )
+
+
+def run_dir(results: dict, output_dir) -> str:
+    (name,) = [d for d in os.listdir(output_dir) if d.startswith(results["env_id"])]
+    return os.path.join(output_dir, name)
+
+
+# ------------------------------------------------------------------------------------ policy-loss maths
+def loss_inputs(module, alpha: float, seed: int = 0, q_scale: float = 1.0):
+    torch.manual_seed(seed)
+    args = module.Args(alpha=alpha, hidden_sizes=(16, 16), num_samples=5)
+    agent = module.Agent(3, 2, args)
+    states, dataset_actions = torch.randn(7, 3), torch.rand(7, 2) * 2 - 1
+    target_mean, target_stddev = agent.target_policy(states)
+    sampled = target_mean + target_stddev * torch.randn(5, 7, 2)
+    q_values = torch.randn(6, 7) * q_scale
+    valid = torch.tensor([1.0, 1, 1, 0, 1, 1, 1])
+    return agent, args, states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values
+
+
+def test_crr_ls_at_alpha_1_is_exactly_behaviour_cloning():
+    import crr_ls
+
+    agent, args, states, actions, valid, *_, q_values = loss_inputs(crr_ls, alpha=1.0, q_scale=50.0)
+    loss, _ = crr_ls.policy_loss(agent, states, actions, valid, q_values, args)
+    mean, stddev = agent.policy(states)
+    bc = -(valid * torch.distributions.Normal(mean, stddev).log_prob(actions).sum(-1)).mean()
+    torch.testing.assert_close(loss, bc, rtol=0, atol=1e-6)
+
+
+def test_crr_ls_weights_stay_finite_for_tiny_alpha():
+    import crr_ls
+
+    q_values = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1000.0, -1000.0, 1e-3]])  # A = ±1000
+    weights = crr_ls.compute_advantage_weights(q_values, alpha=0.001, max_weight=20.0)
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(weights, torch.tensor([20.0, 0.0, math.exp(0.999)]))
+
+
+def test_dime_awbc_weights_the_dataset_action_by_clipped_exp_advantage():
+    import dime_awbc
+
+    q_values = torch.tensor([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0], [2.5, 10.0, 4.0]])  # A = 0.5, 10, -1
+    weights = dime_awbc.bc_objective_weights(q_values, dime_awbc.Args(alpha=0.5))
+    torch.testing.assert_close(weights, torch.tensor([math.exp(0.5), 20.0, math.exp(-1.0)]))
+
+
+@pytest.mark.parametrize("script", ["dime_bc", "dime_awbc"])
+def test_dime_alpha_selects_the_objective(script):
+    """α = 1: the sampled actions carry no weight; α = 0: the dataset actions carry none (eq. 11)."""
+    module = importlib.import_module(script)
+    for alpha, changed in ((1.0, 7), (0.0, 3)):  # index of the input to perturb: sampled, dataset actions
+        inputs = list(loss_inputs(module, alpha))
+        _, stats = module.policy_loss(*inputs[:1], *inputs[2:], inputs[1])
+        inputs[changed] = inputs[changed] + 0.3
+        _, perturbed = module.policy_loss(*inputs[:1], *inputs[2:], inputs[1])
+        torch.testing.assert_close(stats["losses/policy_loss"], perturbed["losses/policy_loss"])
+
+
+def test_dime_bc_cross_entropy_matches_the_mixture_of_eq_11():
+    """The M-step loss at initialisation (π_θ = π_i) is -Σ (1-α)w_i log π(a_i) - α log π(a_D), valid rows."""
+    import dime_bc
+
+    agent, args, states, actions, valid, mean_i, std_i, sampled, q_values = loss_inputs(dime_bc, alpha=0.45)
+    _, stats = dime_bc.policy_loss(agent, states, actions, valid, mean_i, std_i, sampled, q_values, args)
+    temperature = float(dime_bc.dual(agent.log_temperature).detach())
+    weights = torch.softmax(q_values[:-1] / temperature, 0)
+    normal = torch.distributions.Normal(mean_i.detach(), std_i.detach())
+    log_prob = lambda a: normal.log_prob(a).sum(-1)  # noqa: E731
+    per_state = (1 - 0.45) * (weights * log_prob(sampled)).sum(0) + 0.45 * log_prob(actions)
+    expected = -2 * (valid * per_state).mean()  # two decoupled halves, equal at π_θ = π_i
+    torch.testing.assert_close(stats["losses/policy_loss"], expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ runs
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_runs_and_writes_results_json(script, dataset, tmp_path):
+    results = run(script, dataset, tmp_path, save_model=True)
+    directory = run_dir(results, tmp_path)
+    on_disk = json.load(open(os.path.join(directory, "results.json")))
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["algo"] == script and on_disk["env_id"] == "cartpole_swingup" and on_disk["alpha"] == 0.5
+    assert on_disk["dataset"]["transitions"] == 3000 and on_disk["dataset"]["episodes"] == 3
+    assert [e["step"] for e in on_disk["evaluations"]] == [0, 10, 20]
+    assert all(
+        len(e["returns"]) == 2 and e["mean"] == pytest.approx(np.mean(e["returns"]))
+        for e in on_disk["evaluations"]
+    )
+    assert on_disk["final"] == {
+        "alpha": 0.5,
+        "mean": on_disk["evaluations"][-1]["mean"],
+        "std": pytest.approx(np.std(on_disk["evaluations"][-1]["returns"])),
+    }
+    assert on_disk["learner_steps_per_second"] > 0 and on_disk["args"]["batch_size"] == 8
+    for name in ("checkpoint.pt", "curve.png", "args.json"):
+        assert os.path.exists(os.path.join(directory, name))
+    policy = torch.export.load(os.path.join(directory, "policy.pt2")).module()  # no project class needed
+    mean, stddev = policy(torch.zeros(4, 5))
+    assert mean.shape == stddev.shape == (4, 1) and (stddev > 0).all()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_reproduces_an_uninterrupted_run(script, dataset, tmp_path):
+    whole = run(script, dataset, tmp_path / "whole")
+    first = run(script, dataset, tmp_path / "parts", total_steps=10)
+    checkpoint = os.path.join(run_dir(first, tmp_path / "parts"), "checkpoint.pt")
+    module = importlib.import_module(script)
+    resumed = module.main(module.Args(resume=checkpoint, total_steps=20))
+    assert resumed["evaluations"] == whole["evaluations"]
+    assert resumed["final"] == whole["final"] and resumed["learner_steps"] == 20
+
+
+def cli(script: str, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"{script}.py", *flags], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_dataset_of_another_env_is_refused_with_one_line(dataset, tmp_path):
+    result = cli(
+        "dime_bc",
+        "--env-id",
+        "walker_walk",
+        "--dataset",
+        dataset,
+        "--alpha",
+        "0.45",
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ") and "walker_walk" in result.stderr and "dims" in result.stderr
+    assert not os.listdir(tmp_path)  # nothing written
+
+
+@pytest.mark.parametrize("script,alpha", [("dime_bc", "1.5"), ("dime_awbc", "-0.1"), ("crr_ls", "0")])
+def test_bad_alpha_is_refused_with_one_line(script, alpha, capsys):
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as info:
+        module.main(module.Args(alpha=float(alpha)))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: --alpha") and err.count("\n") == 1
+
+
+def test_missing_alpha_names_the_flag(capsys):
+    import dime_bc
+
+    with pytest.raises(SystemExit):
+        dime_bc.main(dime_bc.Args())
+    assert "--alpha is required" in capsys.readouterr().err
