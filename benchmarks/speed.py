@@ -7,6 +7,7 @@ Prints ms per learner step and learner steps/s per script and preset, and env st
 """
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dime_morl  # noqa: E402
 
+OFFLINE = ["dime_bc", "dime_awbc", "crr_ls"]
 PRESETS = {  # name: (hidden sizes, batch size)
     "cpu": ((256, 256, 256), 256),
     "paper": ((1024, 1024, 1024, 1024, 1024, 512), 512),
@@ -53,6 +55,33 @@ def time_morl_learner(preset, device, steps, num_samples=20, compile=False, obs_
     return (time.perf_counter() - start) / steps
 
 
+def time_offline_learner(script, preset, device, steps, num_samples=20, compile=False, obs_dim=17, act_dim=6):
+    """Seconds per learner step of an offline script on 100k random n-step tuples (cheetah_run sizes)."""
+    module = importlib.import_module(script)
+    hidden, batch = PRESETS[preset]
+    args = module.Args(alpha=0.5, hidden_sizes=hidden, batch_size=batch, num_samples=num_samples)
+    agent = module.Agent(obs_dim, act_dim, args).to(device)
+    if compile:
+        module.compile_networks(agent)
+    optimizers = module.make_optimizers(agent, args)
+    size, gen = 100_000, torch.Generator(device).manual_seed(0)
+    data = {"observations": torch.randn(size, obs_dim), "next_observations": torch.randn(size, obs_dim)}
+    data.update(actions=torch.rand(size, act_dim) * 2 - 1, next_actions=torch.rand(size, act_dim) * 2 - 1)
+    data.update(returns=torch.rand(size) * 5, discounts=torch.full((size,), 0.99**5))
+    data["next_action_valid"] = torch.rand(size) > 0.005
+    data = {k: v.to(device) for k, v in data.items()}
+    atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
+    warmup = 10 if compile else 5
+    for i in range(steps + warmup):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        stats = module.learner_step(agent, optimizers, data, atoms, args, gen)
+    stats["loss"].item()  # wait for the device
+    return (time.perf_counter() - start) / steps
+
+
 def time_actors(env_id: str, num_envs: int, steps: int) -> float:
     """Environment steps per second of the vector env with random actions (physics only)."""
     envs = dime_morl.make_envs(env_id, num_envs)
@@ -70,6 +99,9 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--steps", type=int, default=30, help="timed learner steps per measurement")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even when CUDA is present")
+    parser.add_argument(
+        "--scripts", nargs="+", default=["dime_morl", *OFFLINE], choices=["dime_morl", *OFFLINE]
+    )
     opts = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
@@ -77,14 +109,18 @@ def main() -> None:
     print(
         f"{'script':<11}{'preset':<7}{'hidden':<30}{'batch':>6}{'N':>4}{'compile':>9}{'ms/step':>9}{'steps/s':>9}"
     )
-    for preset in opts.presets:
-        steps = opts.steps if preset == "cpu" or device.type == "cuda" else max(opts.steps // 10, 3)
-        variants = [(20, False), (20, True), (4, False)] if preset == "cpu" else [(20, False)]
-        for num_samples, compile in variants:
-            sec = time_morl_learner(preset, device, steps, num_samples, compile)
-            hidden, batch = PRESETS[preset]
-            row = f"{'dime_morl':<11}{preset:<7}{str(hidden):<30}{batch:>6}{num_samples:>4}{str(compile):>9}"
-            print(f"{row}{sec * 1e3:>9.1f}{1 / sec:>9.1f}")
+    for script in opts.scripts:
+        for preset in opts.presets:
+            steps = opts.steps if preset == "cpu" or device.type == "cuda" else max(opts.steps // 10, 3)
+            variants = [(20, False), (20, True), (4, False)] if preset == "cpu" else [(20, False)]
+            for num_samples, compile in variants:
+                if script == "dime_morl":
+                    sec = time_morl_learner(preset, device, steps, num_samples, compile)
+                else:
+                    sec = time_offline_learner(script, preset, device, steps, num_samples, compile)
+                hidden, batch = PRESETS[preset]
+                row = f"{script:<11}{preset:<7}{str(hidden):<30}{batch:>6}{num_samples:>4}{str(compile):>9}"
+                print(f"{row}{sec * 1e3:>9.1f}{1 / sec:>9.1f}", flush=True)
     print(
         f"actors: cheetah_run, 4 envs: {time_actors('cheetah_run', 4, 500):.0f} env steps/s (random actions)"
     )

@@ -1,4 +1,4 @@
-"""Offline scripts (dime_bc, dime_awbc, crr_ls): policy-loss maths, tiny runs, exact resume, bad input."""
+"""Offline scripts (dime_bc, dime_awbc, crr_ls, dime_multi): loss maths, runs, exact resume, bad input."""
 
 import importlib
 import json
@@ -14,9 +14,10 @@ import torch
 from common import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["dime_bc", "dime_awbc", "crr_ls"]
+SCRIPTS = ["dime_bc", "dime_awbc", "crr_ls", "dime_multi"]
 TINY = dict(env_id="cartpole_swingup", hidden_sizes=(16, 16), batch_size=8, num_samples=3, total_steps=20)
-TINY.update(eval_every=10, eval_episodes=2, checkpoint_every=10, log_every=5, alpha=0.5)
+TINY.update(eval_every=10, eval_episodes=2, checkpoint_every=10, log_every=5)
+TRADEOFF = {"dime_multi": {"eval_alphas": (0.2, 1.0)}}  # the others take a fixed --alpha
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,9 @@ def dataset(tmp_path_factory) -> str:
 
 def run(script: str, dataset: str, output_dir, **overrides) -> dict:
     module = importlib.import_module(script)
-    return module.main(
-        module.Args(**{**TINY, "dataset": dataset, "output_dir": str(output_dir), **overrides})
-    )
+    tradeoff = TRADEOFF.get(script, {"alpha": 0.5})
+    flags = {**TINY, **tradeoff, "dataset": dataset, "output_dir": str(output_dir), **overrides}
+    return module.main(module.Args(**flags))
 
 
 def run_dir(results: dict, output_dir) -> str:
@@ -110,7 +111,7 @@ def test_dime_bc_cross_entropy_matches_the_mixture_of_eq_11():
 
 
 # ------------------------------------------------------------------------------------------------ runs
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS[:3])
 def test_script_runs_and_writes_results_json(script, dataset, tmp_path):
     results = run(script, dataset, tmp_path, save_model=True)
     directory = run_dir(results, tmp_path)
@@ -136,6 +137,37 @@ def test_script_runs_and_writes_results_json(script, dataset, tmp_path):
     assert mean.shape == stddev.shape == (4, 1) and (stddev > 0).all()
 
 
+def test_dime_multi_evaluates_every_requested_alpha(dataset, tmp_path):
+    results = run("dime_multi", dataset, tmp_path, variant="awbc", save_model=True)
+    assert [(e["step"], e["alpha"]) for e in results["evaluations"]] == [
+        (step, alpha) for step in (0, 10, 20) for alpha in (0.2, 1.0)
+    ]
+    assert [f["alpha"] for f in results["final"]] == [0.2, 1.0] and results["alpha"] is None
+    assert results["best"] == max(results["final"], key=lambda f: f["mean"])
+    directory = run_dir(results, tmp_path)
+    assert os.path.exists(os.path.join(directory, "alphas.png"))
+    policy = torch.export.load(os.path.join(directory, "policy.pt2")).module()  # input: [obs, α]
+    assert policy(torch.zeros(3, 6))[0].shape == (3, 1)
+
+
+def test_dime_multi_relabels_every_sample_with_a_fresh_alpha():
+    import dime_multi
+
+    args = dime_multi.Args(hidden_sizes=(8,), batch_size=64, num_samples=2, alpha_range=(0.3, 0.6))
+    agent = dime_multi.Agent(3, 2, args)
+    size = 100
+    data = {"observations": torch.randn(size, 3), "next_observations": torch.randn(size, 3)}
+    data.update(actions=torch.rand(size, 2), next_actions=torch.rand(size, 2), returns=torch.rand(size))
+    data.update(discounts=torch.full((size,), 0.9), next_action_valid=torch.ones(size, dtype=torch.bool))
+    seen = []
+    agent.critic.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0][:, -1].clone()))
+    atoms = torch.linspace(-10, 10, args.num_atoms)
+    gen = torch.Generator().manual_seed(0)
+    dime_multi.learner_step(agent, dime_multi.make_optimizers(agent, args), data, atoms, args, gen)
+    (alpha,) = seen
+    assert alpha.min() >= 0.3 and alpha.max() <= 0.6 and len(alpha.unique()) == 64
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_resume_reproduces_an_uninterrupted_run(script, dataset, tmp_path):
     whole = run(script, dataset, tmp_path / "whole")
@@ -143,6 +175,7 @@ def test_resume_reproduces_an_uninterrupted_run(script, dataset, tmp_path):
     checkpoint = os.path.join(run_dir(first, tmp_path / "parts"), "checkpoint.pt")
     module = importlib.import_module(script)
     resumed = module.main(module.Args(resume=checkpoint, total_steps=20))
+    assert len(resumed["evaluations"]) == len(whole["evaluations"])
     assert resumed["evaluations"] == whole["evaluations"]
     assert resumed["final"] == whole["final"] and resumed["learner_steps"] == 20
 

@@ -1,0 +1,675 @@
+# docs and experiment results: docs/dime_multi.md
+"""Offline DiME multi: one trade-off-conditioned policy π_θ(a|s, α) for every α (Sec. 4 eq. 4, 6.2; App. A).
+
+DiME (BC) (eq. 11, dime_bc.py) or DiME (AWBC) (dime_awbc.py, `--variant awbc`), trained for all trade-offs
+at once: every sampled transition gets a fresh α ~ U(0.005, 1), appended to the states of policy and critic
+(hindsight relabelling, App. A). Per sample, the E-step of the RL objective reweights N actions from
+π_i(·|s', α) by exp(Q(s', a, α)/η), the BC objective's weights the dataset action, and the M-step fits
+    loss = (1-α)·Σ_i w_i·(-log π̃(a_i|s', α)) + α·w_D·(-log π̃(a_D|s', α)) + KL penalties
+with w_D = 1 (bc) or min(exp(A), 20) (awbc). One temperature η for all α: DiME's E-step does not depend on
+the trade-off, which is what makes the conditioned policy cheap (the paper's argument against LS here).
+Evaluation sweeps --eval-alphas and reports per-α returns and the best α: one run replaces an α sweep.
+
+Decisions the paper leaves open (docs/dime_bc.md, "Implementation details"):
+- One target-critic pass per learner step, as in Acme's DMPO learner: the N actions sampled at the bootstrap
+  state s' = s_{t+k} of each n-step transition give both the C51 mixture target and the E-step, and the BC
+  term uses the dataset action at s' (the second action of RL Unplugged's SARSA tuples). E-step and BC
+  share their states, as SPEC §5 asks; s' whose window reached the episode's end has no dataset action
+  and is left out of the policy loss (≤ n/1000 of the states of 1000-step episodes). Running the E-step
+  on s_t instead would need a second pass over N·B state-action pairs: twice the cost of a step.
+- The dataset lives on the device as precomputed n-step transitions (common.datasets.nstep_transitions);
+  minibatches are drawn there with a seeded torch.Generator: no host/device copy per step.
+- Evaluation runs --eval-episodes episodes of the policy mean (clipped to [-1, 1]) in lockstep with reset
+  seeds derived from (seed, learner step), so `--resume` reproduces an uninterrupted run exactly.
+Shape letters: B batch, N sampled actions per state, D action dims, S observation dims, I atoms.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+from common.c51 import categorical_l2_project
+from common.datasets import DatasetError, check_env, load_dataset, nstep_transitions
+
+MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
+MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
+POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
+CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
+RESUME_OVERRIDES = (
+    "total_steps checkpoint_every eval_every resume cuda track save_model log_every compile".split()
+)
+
+
+# ==== 1. Args ===========================================================================================
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the evaluation environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to CPU with a notice)"""
+    output_dir: str = "runs"
+    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
+    track: bool = False
+    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
+    wandb_project_name: str = "dime-rl"
+    """the wandb project name"""
+    save_model: bool = False
+    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end"""
+    checkpoint_every: int = 50_000
+    """write <run>/checkpoint.pt every this many learner steps; 0 = never"""
+    resume: str | None = None
+    """a checkpoint.pt to continue exactly (same run directory and flags; --total-steps may grow)"""
+    log_every: int = 100
+    """log losses every this many learner steps (the learner's only device->host copy)"""
+    compile: bool = False
+    """torch.compile the networks (faster learner steps after some seconds of compilation)"""
+
+    # Algorithm specific arguments
+    env_id: str = "cheetah_run"
+    """control-suite task <domain>_<task> used for evaluation (and to build the zoo dataset)"""
+    dataset: str = "zoo"
+    """'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari or RL Unplugged directory"""
+    variant: Literal["bc", "awbc"] = "bc"
+    """second objective: behaviour cloning (eq. 11) or advantage-weighted BC (Sec. 6.2)"""
+    alpha_range: tuple[float, float] = (0.005, 1.0)
+    """range of the trade-off α drawn per sampled transition (App. C)"""
+    eval_alphas: tuple[float, ...] = tuple(float(a) for a in np.linspace(0.05, 1.0, 20).round(3))
+    """trade-offs at which the conditioned policy is evaluated"""
+    max_weight: float = 20.0
+    """clip of the AWBC weight exp(A) (CRR-exp; --variant awbc)"""
+    total_steps: int = 1_000_000
+    """learner steps (Table 3)"""
+    batch_size: int = 512
+    """transitions per learner step (Table 3)"""
+    hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
+    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
+    num_samples: int = 30
+    """N: actions sampled per state for the E-step and the C51 mixture target (Table 3)"""
+    n_step: int = 5
+    """n of the n-step return (Table 3)"""
+    gamma: float = 0.99
+    """discount (Table 3)"""
+    v_min: float = -150.0
+    """lower end of the critic's support (Table 3)"""
+    v_max: float = 150.0
+    """upper end of the critic's support (Table 3)"""
+    num_atoms: int = 101
+    """atoms of the categorical critic (Table 3)"""
+    epsilon: float = 0.5
+    """ε: KL bound of the RL objective's E-step (Table 4, RL Unplugged)"""
+    epsilon_mean: float = 0.0025
+    """ε_μ: M-step KL bound on the policy mean (Table 3)"""
+    epsilon_stddev: float = 1e-5
+    """ε_σ: M-step KL bound on the policy stddev (Table 3)"""
+    init_temperature: float = 10.0
+    """initial temperature η (Table 3)"""
+    init_log_alpha_mean: float = 1.0
+    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO)"""
+    init_log_alpha_stddev: float = 10.0
+    """same for α_σ (Acme TF DMPO)"""
+    lr: float = 1e-4
+    """Adam learning rate of policy and critic (Table 3)"""
+    dual_lr: float = 1e-2
+    """Adam learning rate of the dual variables (Table 3)"""
+    weight_decay: float = 0.01
+    """decoupled (AdamW) weight decay: lr·decay = 1e-6, a per-step shrink of 0.999999 (Table 4)"""
+    target_update_period: int = 100
+    """learner steps between hard copies into the target networks (Table 3)"""
+    grad_clip: float = 40.0
+    """global gradient-norm clip of policy and critic"""
+    eval_every: int = 10_000
+    """evaluate in the environment every this many learner steps"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+
+
+def fail(message: str) -> None:
+    """User error: one clear line on stderr and a non-zero exit."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def diverged(what: str, step: int, run_dir: str) -> None:
+    kept = f"the last good checkpoint is kept in {run_dir}"
+    fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+
+
+def check_args(args: Args) -> None:
+    """Validate flags once, naming the flag, the value received and the fix."""
+    low, high = args.alpha_range
+    if not 0.0 <= low <= high <= 1.0 or not all(0.0 <= a <= 1.0 for a in args.eval_alphas):
+        fail(f"--alpha-range {args.alpha_range} / --eval-alphas must lie in [0, 1], the range increasing")
+    for name in ("batch_size", "num_samples", "n_step", "num_atoms", "eval_episodes", "total_steps"):
+        if getattr(args, name) < 1 + (name == "num_atoms"):
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
+    if not args.v_min < args.v_max:
+        fail(f"--v-min {args.v_min} must be below --v-max {args.v_max}")
+
+
+# ==== 2. Environment and dataset ==========================================================================
+def make_envs(env_id: str, num_envs: int):
+    """Control-suite envs (shimmy) stepped in lockstep, observations flattened in alphabetical key order."""
+    import gymnasium as gym
+    import shimmy
+    from dm_control import suite
+
+    gym.register_envs(shimmy)
+    tasks = {f"{d}_{t}": f"dm_control/{d}-{t}-v0" for d, t in suite.ALL_TASKS}
+    if env_id not in tasks:
+        fail(f"--env-id {env_id!r} is unknown; use a control-suite task <domain>_<task> such as cheetah_run")
+    thunks = [lambda: gym.wrappers.FlattenObservation(gym.make(tasks[env_id])) for _ in range(num_envs)]
+    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+def load_data(args: Args, obs_dim: int, act_dim: int, device) -> tuple[dict, dict]:
+    """The dataset as n-step transitions on the device (SPEC §4, §7), and its summary for results.json."""
+    try:
+        ds = load_dataset(args.dataset, args.env_id, seed=0)
+        check_env(ds, args.env_id, obs_dim, act_dim)
+        data = nstep_transitions(ds, args.n_step, args.gamma)
+    except DatasetError as e:
+        fail(str(e))
+    info = ds.summary()
+    print(f"dataset {info['source']}: {info['episodes']} episodes, {info['transitions']} transitions")
+    data = {k: torch.as_tensor(v, device=device) for k, v in data.items()}
+    summary = {k: info[k] for k in ("source", "transitions", "episodes", "return_min", "return_max")}
+    return data, summary
+
+
+# ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
+def layer_norm_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    """Acme's LayerNormMLP: Linear -> LayerNorm -> tanh, then Linear -> ELU for every further layer."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_sizes[0]), nn.LayerNorm(hidden_sizes[0]), nn.Tanh()]
+    for h_in, h_out in zip(hidden_sizes[:-1], hidden_sizes[1:]):
+        layers += [nn.Linear(h_in, h_out), nn.ELU()]
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """Diagonal Gaussian π(a|s): linear mean (no tanh), stddev = softplus(·)·0.7/softplus(0) + 1e-6."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.torso = layer_norm_mlp(obs_dim, hidden_sizes)
+        self.mean = nn.Linear(hidden_sizes[-1], act_dim)
+        self.stddev = nn.Linear(hidden_sizes[-1], act_dim)
+        for head in (self.mean, self.stddev):  # small init: the initial policy is N(≈0, 0.7) everywhere
+            nn.init.trunc_normal_(head.weight, std=math.sqrt(1e-4 / hidden_sizes[-1]))
+            nn.init.zeros_(head.bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.torso(obs)
+        stddev = F.softplus(self.stddev(h)) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
+        return self.mean(h), stddev
+
+
+class Critic(nn.Module):
+    """Categorical Q(s, a): logits over I atoms (Q = Σ softmax·atoms); actions are clipped to [-1, 1]."""
+
+    def __init__(self, in_dim: int, num_atoms: int, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.torso = layer_norm_mlp(in_dim, hidden_sizes)
+        self.head = nn.Linear(hidden_sizes[-1], num_atoms)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs.expand(*actions.shape[:-1], -1), actions.clamp(-1.0, 1.0)], -1)
+        return self.head(self.torso(x))  # [..., I]
+
+
+class Agent(nn.Module):
+    """Every learned quantity (online and target networks, dual variables) in one state_dict."""
+
+    def __init__(self, obs_dim: int, act_dim: int, args: Args):
+        super().__init__()
+        hidden = args.hidden_sizes
+        obs_dim += 1  # the trade-off α is appended to the observation of policy and critic (SPEC §3)
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
+        self.critic, self.target_critic = (
+            Critic(obs_dim + act_dim, args.num_atoms, hidden) for _ in range(2)
+        )
+        # Duals live in log space behind softplus (Acme): temperature η, per-dimension α_μ, α_σ.
+        self.log_temperature = nn.Parameter(torch.tensor(inv_softplus(args.init_temperature)))
+        self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
+        self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
+        self.update_targets()
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Hard copy online -> target (Table 3: every --target-update-period learner steps)."""
+        self.target_policy.load_state_dict(self.policy.state_dict())
+        self.target_critic.load_state_dict(self.critic.state_dict())
+
+    def duals(self) -> list[nn.Parameter]:
+        return [self.log_temperature, self.log_alpha_mean, self.log_alpha_stddev]
+
+
+def make_optimizers(agent: Agent, args: Args) -> dict:
+    """One optimiser per parameter group, as in Acme's MPO learners: policy, critic, duals."""
+    adamw = {
+        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=args.weight_decay)
+        for n in ("policy", "critic")
+    }
+    return {**adamw, "duals": torch.optim.Adam(agent.duals(), args.dual_lr)}
+
+
+def compile_networks(agent: Agent) -> None:
+    """torch.compile every network's forward in place (state_dict keys stay the same)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
+    for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
+        net.compile()
+
+
+def inv_softplus(x: float) -> float:
+    """θ such that softplus(θ) = x (initial value of a dual variable)."""
+    return x + math.log(-math.expm1(-x))
+
+
+def dual(param: torch.Tensor) -> torch.Tensor:
+    """Positive dual variable from its log-space parameter (softplus + epsilon, Acme)."""
+    return F.softplus(param) + MPO_FLOAT_EPSILON
+
+
+# ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
+def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
+    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (SPEC §4).
+    next_pmfs [N, B, I], returns [B], discounts [B], atoms [I] -> target pmfs [B, I]."""
+    return categorical_l2_project(next_pmfs.mean(0), returns, discounts, atoms)
+
+
+def critic_loss(logits: torch.Tensor, target_pmfs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the online logits [B, I] to the projected target pmfs [B, I]."""
+    return -(target_pmfs * logits.log_softmax(-1)).sum(-1).mean()
+
+
+# ==== 5. E-step: sample weights, temperature dual, KL diagnostic ===========================================
+def compute_weights_and_temperature_loss(q_values: torch.Tensor, epsilon: float, temperature: torch.Tensor):
+    """E-step: w = softmax_N(Q/η) per state (eq. 38); dual η(ε + E_s log E_a exp(Q/η)) (eq. 45).
+    q_values [N, B] -> weights [N, B] (no gradient), temperature loss []."""
+    tempered = q_values.detach() / temperature
+    weights = tempered.softmax(0).detach()
+    log_mean_exp = tempered.logsumexp(0).mean() - math.log(q_values.shape[0])
+    return weights, temperature * (epsilon + log_mean_exp)
+
+
+def compute_nonparametric_kl(weights: torch.Tensor) -> torch.Tensor:
+    """KL(q ‖ π_i) of the sample-based E-step solution, mean over states: [N, B] -> []."""
+    return (weights * torch.log(weights.shape[0] * weights + MPO_FLOAT_EPSILON)).sum(0).mean()
+
+
+# ==== 6. M-step: decoupled cross-entropy and KL trust region (Acme's MPO) =================================
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, stddev: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(stddev²)), summed over the last (action) dimension."""
+    return (-0.5 * ((x - mean) / stddev) ** 2 - stddev.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
+    """Per-dimension KL(N(mean_p, stddev_p²) ‖ N(mean_q, stddev_q²)), shape of the inputs."""
+    return (stddev_q / stddev_p).log() + (stddev_p**2 + (mean_p - mean_q) ** 2) / (2 * stddev_q**2) - 0.5
+
+
+def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
+    """-Σ_M w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
+    actions [M, B, D], weights [M, B], distribution parameters [B, D]."""
+    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)  # trains the mean
+    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)  # trains the stddev
+    return -(weights * (fixed_stddev + fixed_mean)).sum(0).mean()
+
+
+def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, epsilon: float):
+    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)). kl [B, D]."""
+    alpha, mean_kl = dual(log_alpha), kl.mean(0)  # [D], [D]
+    return (alpha.detach() * mean_kl).sum(), (alpha * (epsilon - mean_kl.detach())).sum(), mean_kl.mean()
+
+
+# ==== 7. Policy objective: DiME (BC or AWBC) for per-sample trade-offs (eq. 4, 11) =========================
+def bc_objective_weights(q_values: torch.Tensor, args: Args) -> torch.Tensor:
+    """The second objective's E-step on the dataset action: weight 1 (bc, eq. 11) or min(exp(A),
+    --max-weight) with A = Q(s, a_D) - mean_i Q(s, a_i) (awbc, CRR-exp, temperature 1). -> [B]"""
+    if args.variant == "bc":
+        return torch.ones_like(q_values[-1])
+    advantage = q_values[-1] - q_values[:-1].mean(0)
+    return advantage.clamp(max=math.log(args.max_weight)).exp()
+
+
+def policy_loss(
+    agent: Agent, states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values, args
+):
+    """DiME on conditioned `states` [B, S + 1] (last column: α): the RL objective's E-step weights the N
+    `sampled` actions [N, B, D] of π_i = N(target_mean, target_stddev); the BC objective's weights the
+    dataset action [B, D]. The M-step fits their per-sample α-mixture (eq. 11) where `valid` [B].
+    q_values [N + 1, B]: the sampled actions', then the dataset action's."""
+    alpha = states[:, -1]
+    temperature = dual(agent.log_temperature)
+    weights, temperature_loss = compute_weights_and_temperature_loss(q_values[:-1], args.epsilon, temperature)
+    actions = torch.cat([sampled, dataset_actions[None]])  # [N + 1, B, D]
+    bc_weights = bc_objective_weights(q_values, args)[None]
+    mixture = torch.cat([(1.0 - alpha) * weights, alpha * bc_weights]) * valid  # [N + 1, B]
+    mean, stddev = agent.policy(states)
+    target = target_mean, target_stddev
+    cross_entropy = compute_cross_entropy_loss(actions, mixture, mean, stddev, *target)
+    kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
+    kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
+    trust_region = compute_kl_penalty_and_dual_loss
+    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
+    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
+    loss = cross_entropy + pen_mean + pen_std
+    stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
+    stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
+    stats["losses/temperature"] = temperature
+    stats["losses/kl_q_rel"] = compute_nonparametric_kl(weights) / args.epsilon
+    return loss + temperature_loss + dual_mean + dual_std, stats
+
+
+# ==== 8. Learner step: one update of critic, policy and duals =============================================
+def sample_batch(data: dict, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A minibatch of n-step SARSA tuples (s, a, R, γ^k·Π d, s', a', a' exists), drawn on the device."""
+    idx = torch.randint(0, len(data["returns"]), (batch_size,), device=data["returns"].device, generator=gen)
+    keys = "observations actions returns discounts next_observations next_actions next_action_valid".split()
+    return tuple(data[k][idx] for k in keys)
+
+
+def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor, args: Args, gen) -> dict:
+    """One gradient step on every parameter group; returns metric tensors (no host sync)."""
+    obs, actions, returns, discounts, next_obs, next_actions, valid = sample_batch(data, args.batch_size, gen)
+    low, high = args.alpha_range  # a fresh trade-off per sample (hindsight relabelling, App. A)
+    alpha = low + (high - low) * torch.rand(args.batch_size, 1, device=obs.device, generator=gen)
+    obs, next_obs = torch.cat([obs, alpha], -1), torch.cat([next_obs, alpha], -1)
+    with torch.no_grad():  # N actions from the target policy π_i at s', and the dataset action a'
+        target_mean, target_stddev = agent.target_policy(next_obs)
+        noise = torch.randn(args.num_samples, *target_mean.shape, device=target_mean.device, generator=gen)
+        sampled = target_mean + target_stddev * noise  # [N, B, D]
+        pmfs = agent.target_critic(next_obs, torch.cat([sampled, next_actions[None]])).softmax(
+            -1
+        )  # [N+1, B, I]
+        target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
+        q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
+    target = target_mean, target_stddev
+    loss, stats = policy_loss(agent, next_obs, next_actions, valid.float(), *target, sampled, q_values, args)
+    stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+    loss = loss + stats["losses/critic_loss"]
+    stats["losses/q_mean"], stats["loss"] = q_values[:-1].mean(), loss.detach()
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for name in ("policy", "critic"):
+        nn.utils.clip_grad_norm_(getattr(agent, name).parameters(), args.grad_clip)
+    for opt in optimizers.values():
+        opt.step()
+    with torch.no_grad():
+        for p in agent.duals():
+            p.clamp_(min=MIN_LOG_DUAL)
+    return stats
+
+
+# ==== 9. main: seeding, dataset, learner loop ===============================================================
+def main(args: Args) -> dict:
+    os.environ.setdefault("MUJOCO_GL", "disable")  # evaluation needs no rendering; before dm_control loads
+    check_args(args)
+    ckpt = load_checkpoint(args) if args.resume else None
+    args = ckpt["args"] if ckpt else args
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("notice: CUDA is not available, training on the CPU")
+    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
+        print(
+            f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}"
+        )
+    gen = torch.Generator(device).manual_seed(args.seed)
+    envs = make_envs(args.env_id, 1)
+    (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
+    data, dataset_info = load_data(args, obs_dim, act_dim, device)
+    agent = Agent(obs_dim, act_dim, args).to(device)
+    if args.compile:
+        compile_networks(agent)
+    atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
+    optimizers = make_optimizers(agent, args)
+    state = dict(learner_steps=0, last_ckpt=0, evaluations=[], wall_time=0.0)  # all a checkpoint carries
+    if ckpt:
+        restore(ckpt, agent, optimizers, gen, state)
+    run_dir, writer = open_run(args)
+    progress = tqdm(
+        total=args.total_steps,
+        initial=state["learner_steps"],
+        unit="step",
+        desc=args.env_id,
+        dynamic_ncols=True,
+        disable=None,
+    )
+    start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
+
+    def checkpoint() -> None:
+        state["wall_time"], state["last_ckpt"] = time.time() - start, state["learner_steps"]
+        save_checkpoint(run_dir, args, agent, optimizers, gen, state)
+
+    while state["learner_steps"] < args.total_steps:
+        step = state["learner_steps"]
+        if step % args.eval_every == 0 and not any(e["step"] == step for e in state["evaluations"]):
+            evaluate_and_log(agent, args, state, writer, device, progress)
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step > state["last_ckpt"]:
+            checkpoint()
+        metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
+        state["learner_steps"] = step = step + 1
+        if step % args.target_update_period == 0:
+            agent.update_targets()
+        if step % args.log_every == 0:
+            log_metrics(writer, metrics, step, last_log, run_dir)
+        progress.update(1)
+    if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
+        checkpoint()
+    evaluate_and_log(agent, args, state, writer, device, progress)
+    state["wall_time"] = time.time() - start
+    progress.close()
+    if args.save_model:
+        export_policy(agent, args, os.path.join(run_dir, "policy.pt2"))
+    writer.close()
+    return write_results(args, state, run_dir, dataset_info)
+
+
+def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> None:
+    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf."""
+    keys = list(metrics[0])
+    values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
+    metrics.clear()
+    if not all(math.isfinite(v) for v in values):
+        diverged(", ".join(k for k, v in zip(keys, values) if not math.isfinite(v)), step, run_dir)
+    for k, v in zip(keys, values):
+        if k != "loss":
+            writer.add_scalar(k, v, step)
+    now = time.time()
+    writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
+    last_log[:] = step, now
+
+
+# ==== 10. Evaluation: every trade-off of the conditioned policy ===========================================
+@torch.no_grad()
+def evaluate(agent: Agent, args: Args, step: int, device) -> np.ndarray:
+    """Returns [alphas, episodes] of the policy mean (clipped to [-1, 1]) at every --eval-alphas, all
+    episodes in lockstep; every α meets the same reset seeds, derived from (seed, step)."""
+    alphas, episodes = len(args.eval_alphas), args.eval_episodes
+    envs = make_envs(args.env_id, alphas * episodes)
+    seeds = np.random.SeedSequence([args.seed, step]).generate_state(episodes)
+    obs, _ = envs.reset(seed=[int(s) for s in np.tile(seeds, alphas)])
+    cond = torch.tensor(args.eval_alphas, dtype=torch.float32, device=device).repeat_interleave(episodes)
+    returns, alive = np.zeros(alphas * episodes), np.ones(alphas * episodes, bool)
+    while alive.any():
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        actions = agent.policy(torch.cat([obs, cond[:, None]], -1))[0]
+        obs, reward, terminated, truncated, _ = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
+        returns += reward * alive
+        alive &= ~(terminated | truncated)
+    envs.close()
+    return returns.reshape(alphas, episodes)
+
+
+def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
+    step = state["learner_steps"]
+    for alpha, returns in zip(args.eval_alphas, evaluate(agent, args, step, device)):
+        record = {"step": step, "alpha": alpha, "returns": returns.tolist(), "mean": float(returns.mean())}
+        state["evaluations"].append(record)
+        writer.add_scalar(f"eval/alpha_{alpha}/episodic_return", returns.mean(), step)
+    best = max(state["evaluations"][-len(args.eval_alphas) :], key=lambda e: e["mean"])
+    progress.write(f"step {step}: best α {best['alpha']}: return {best['mean']:.1f}")
+    writer.add_scalar("eval/episodic_return", best["mean"], step)
+
+
+def write_results(args: Args, state: dict, run_dir: str, dataset_info: dict) -> dict:
+    """results.json (SPEC §8): per-α final returns and the best α, and a plot of return against α."""
+    last = state["evaluations"][-len(args.eval_alphas) :]
+    results = {"algo": os.path.basename(__file__)[:-3], "variant": args.variant, "env_id": args.env_id}
+    results.update(seed=args.seed, dataset=dataset_info, alpha=None, evaluations=state["evaluations"])
+    results["final"] = [
+        {"alpha": e["alpha"], "mean": e["mean"], "std": float(np.std(e["returns"]))} for e in last
+    ]
+    results["best"] = max(results["final"], key=lambda f: f["mean"])
+    results.update(learner_steps=state["learner_steps"], wall_time_s=state["wall_time"])
+    results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
+    results["args"] = dataclasses.asdict(args)
+    atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
+    plot_alphas(results, os.path.join(run_dir, "alphas.png"))
+    return results
+
+
+def plot_alphas(results: dict, path: str) -> None:
+    """Final return (mean ± std over episodes) against the trade-off α, best α marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas, mean, std = (np.array([f[k] for f in results["final"]]) for k in ("alpha", "mean", "std"))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(alphas, mean, marker="o")
+    ax.fill_between(alphas, mean - std, mean + std, alpha=0.2)
+    ax.axvline(results["best"]["alpha"], color="C3", ls="--", label=f"best α = {results['best']['alpha']}")
+    title = f"{results['algo']} ({results['variant']}) {results['env_id']}, step {results['learner_steps']}"
+    ax.set(xlabel="trade-off α", ylabel="episode return", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
+def open_run(args: Args):
+    """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = os.path.join(
+        args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    )
+    if args.resume:  # continue in the checkpoint's directory
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    try:
+        os.makedirs(run_dir, exist_ok=bool(args.resume))
+        if not args.resume:
+            write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+    except OSError as e:
+        fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
+    if args.track:
+        import wandb
+
+        config, name = dataclasses.asdict(args), os.path.basename(run_dir)
+        wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    return run_dir, writer
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def atomic_write(path: str, write) -> None:
+    """Write a temporary file beside `path` and rename it: a crash never leaves half a file at `path`."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")  # same suffix
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir, args, agent, optimizers, gen, state) -> None:
+    """Everything needed to continue exactly: networks, targets, duals, optimisers, RNG, counters, results.
+    Parameters that are no longer finite are never written over the last good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in agent.parameters()):
+        diverged("parameters", state["learner_steps"], run_dir)
+    ckpt = {
+        "script": os.path.basename(__file__),
+        "args": dataclasses.asdict(args),
+        "agent": agent.state_dict(),
+    }
+    ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
+    ckpt.update(state=state, rng=gen.get_state())
+    atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(args: Args) -> dict:
+    """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
+    try:
+        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
+        fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != os.path.basename(__file__):
+        fail(f"--resume {args.resume} was not written by {os.path.basename(__file__)}; pass one of its own")
+    saved, defaults = ckpt["args"], Args()
+
+    def norm(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
+        value, old = norm(getattr(args, name)), norm(saved[name])
+        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
+            flag = "--" + name.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
+    changed = {
+        k: getattr(args, k) for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))
+    }
+    ckpt["args"] = Args(**{**saved, **changed})
+    return ckpt
+
+
+def restore(ckpt: dict, agent: Agent, optimizers: dict, gen, state: dict) -> None:
+    agent.load_state_dict(ckpt["agent"])
+    for k, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][k])
+    gen.set_state(ckpt["rng"])
+    state.update(ckpt["state"])
+
+
+def export_policy(agent: Agent, args: Args, path: str) -> None:
+    """torch.export of the policy, loadable without this file: `torch.export.load(path).module()(obs [B, S])`
+    returns (mean [B, D], stddev [B, D]); env id and sizes ride along in meta.json."""
+    policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
+    policy.load_state_dict(agent.policy.state_dict())
+    example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
+    program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
+    meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
+    meta.update(conditioned="the last input column is the trade-off α", hidden_sizes=list(args.hidden_sizes))
+    meta["script"] = os.path.basename(__file__)
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
