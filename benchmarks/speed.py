@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dime_morl  # noqa: E402
 
-OFFLINE = ["dime_bc", "dime_awbc", "crr_ls"]
+OFFLINE = ["dime_bc", "dime_awbc", "crr_ls", "dime_multi"]
 PRESETS = {  # name: (hidden sizes, batch size)
     "cpu": ((256, 256, 256), 256),
     "paper": ((1024, 1024, 1024, 1024, 1024, 512), 512),
@@ -59,7 +59,8 @@ def time_offline_learner(script, preset, device, steps, num_samples=20, compile=
     """Seconds per learner step of an offline script on 100k random n-step tuples (cheetah_run sizes)."""
     module = importlib.import_module(script)
     hidden, batch = PRESETS[preset]
-    args = module.Args(alpha=0.5, hidden_sizes=hidden, batch_size=batch, num_samples=num_samples)
+    tradeoff = {} if script == "dime_multi" else {"alpha": 0.5}  # dime_multi draws α per sample
+    args = module.Args(**tradeoff, hidden_sizes=hidden, batch_size=batch, num_samples=num_samples)
     agent = module.Agent(obs_dim, act_dim, args).to(device)
     if compile:
         module.compile_networks(agent)
