@@ -118,6 +118,14 @@ def make_dataset(obs, actions, rewards, next_obs, terminals, timeouts, **meta) -
     return ds
 
 
+def from_episodes(columns: dict[str, list], **meta) -> Dataset:
+    """A Dataset from per-episode lists of arrays: obs, actions, rewards, next_obs, terminals, timeouts."""
+    c = {k: np.concatenate(v) for k, v in columns.items()}
+    return make_dataset(
+        c["obs"], c["actions"], c["rewards"], c["next_obs"], c["terminals"], c["timeouts"], **meta
+    )
+
+
 def validate(ds: Dataset) -> None:
     """Empty data, ragged columns and NaN/inf rows are refused."""
     name = ds.source or "the dataset"
@@ -324,18 +332,7 @@ def load_minari(directory: str) -> Dataset:
             columns["terminals"].append(terminations.astype(bool))
             columns["timeouts"].append(truncations.astype(bool) | truncated_at_last_row(terminations))
         env_id = json.loads(h5.attrs["env_spec"]).get("id") if "env_spec" in h5.attrs else None
-    cat = {k: np.concatenate(v) for k, v in columns.items()}
-    return make_dataset(
-        cat["obs"],
-        cat["actions"],
-        cat["rewards"],
-        cat["next_obs"],
-        cat["terminals"],
-        cat["timeouts"],
-        env_id=env_id,
-        obs_keys=obs_keys,
-        source=directory,
-    )
+    return from_episodes(columns, env_id=env_id, obs_keys=obs_keys, source=directory)
 
 
 # ------------------------------------------------------------------------- RL Unplugged TFRecord shards
@@ -485,20 +482,8 @@ def convert_rlu(path: str) -> Dataset:
             columns["timeouts"].append(truncated_at_last_row(columns["terminals"][-1]))
     if obs_keys is None:
         raise DatasetError(f"{path} holds no records; re-download the shards")
-    cat = {k: np.concatenate(v) for k, v in columns.items()}
     task = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(path)))
-    return make_dataset(
-        cat["obs"],
-        cat["actions"],
-        cat["rewards"],
-        cat["next_obs"],
-        cat["terminals"],
-        cat["timeouts"],
-        env_id=task,
-        obs_keys=obs_keys,
-        source=path,
-        one_step_only=not episodic,
-    )
+    return from_episodes(columns, env_id=task, obs_keys=obs_keys, source=path, one_step_only=not episodic)
 
 
 def load_rlu(path: str) -> Dataset:
@@ -671,20 +656,9 @@ def build_zoo_dataset(
                 rows += result
                 bar.update(len(job[1]))
     bar.close()
-    cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-    timeouts = np.zeros(len(cat["rewards"]), bool)
-    timeouts[np.cumsum([len(r["rewards"]) for r in rows]) - 1] = True
-    return make_dataset(
-        cat["obs"],
-        cat["actions"],
-        cat["rewards"],
-        cat["next_obs"],
-        cat["terminals"],
-        timeouts,
-        env_id=env_id,
-        obs_keys=make_env(env_id)[1],
-        source="zoo",
-    )
+    columns = {k: [episode[k] for episode in rows] for k in rows[0]}
+    columns["timeouts"] = [truncated_at_last_row(t) for t in columns["terminals"]]
+    return from_episodes(columns, env_id=env_id, obs_keys=make_env(env_id)[1], source="zoo")
 
 
 def load_zoo(
