@@ -46,7 +46,7 @@ from common.datasets import DatasetError, check_env, load_dataset, nstep_transit
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
 CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
 RESUME_OVERRIDES = (
-    "total_steps checkpoint_every eval_every resume cuda track save_model log_every compile".split()
+    "total_steps checkpoint_every eval_every resume cuda track save_model log_every compile bf16".split()
 )
 
 
@@ -77,6 +77,8 @@ class Args:
     """log losses every this many learner steps (the learner's only device->host copy)"""
     compile: bool = False
     """torch.compile the networks (faster learner steps after some seconds of compilation)"""
+    bf16: bool = False
+    """run the target critic's forward pass (N + 1 actions per state) in bfloat16 autocast"""
 
     # Algorithm specific arguments
     env_id: str = "cheetah_run"
@@ -299,9 +301,9 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
         target_mean, target_stddev = agent.target_policy(next_obs)
         noise = torch.randn(args.num_samples, *target_mean.shape, device=target_mean.device, generator=gen)
         sampled = target_mean + target_stddev * noise  # [N, B, D]
-        pmfs = agent.target_critic(next_obs, torch.cat([sampled, next_actions[None]])).softmax(
-            -1
-        )  # [N+1, B, I]
+        candidates = torch.cat([sampled, next_actions[None]])  # [N + 1, B, D]
+        with torch.autocast(next_obs.device.type, torch.bfloat16, enabled=args.bf16):  # the largest matmuls
+            pmfs = agent.target_critic(next_obs, candidates).float().softmax(-1)  # [N + 1, B, I]
         target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
         q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
     loss, stats = policy_loss(agent, next_obs, next_actions, valid.float(), q_values, args)

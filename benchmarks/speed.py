@@ -55,12 +55,14 @@ def time_morl_learner(preset, device, steps, num_samples=20, compile=False, obs_
     return (time.perf_counter() - start) / steps
 
 
-def time_offline_learner(script, preset, device, steps, num_samples=20, compile=False, obs_dim=17, act_dim=6):
+def time_offline_learner(
+    script, preset, device, steps, num_samples=20, compile=False, bf16=False, obs_dim=17, act_dim=6
+):
     """Seconds per learner step of an offline script on 100k random n-step tuples (cheetah_run sizes)."""
     module = importlib.import_module(script)
     hidden, batch = PRESETS[preset]
     tradeoff = {} if script == "dime_multi" else {"alpha": 0.5}  # dime_multi draws α per sample
-    args = module.Args(**tradeoff, hidden_sizes=hidden, batch_size=batch, num_samples=num_samples)
+    args = module.Args(**tradeoff, hidden_sizes=hidden, batch_size=batch, num_samples=num_samples, bf16=bf16)
     agent = module.Agent(obs_dim, act_dim, args).to(device)
     if compile:
         module.compile_networks(agent)
@@ -107,20 +109,22 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
     print(f"device: {device} ({where}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    print(
-        f"{'script':<11}{'preset':<7}{'hidden':<30}{'batch':>6}{'N':>4}{'compile':>9}{'ms/step':>9}{'steps/s':>9}"
-    )
+    head = f"{'script':<11}{'preset':<7}{'hidden':<30}{'batch':>6}{'N':>4}  {'mode':<13}"
+    print(f"{head}{'ms/step':>9}{'steps/s':>9}")
     for script in opts.scripts:
         for preset in opts.presets:
             steps = opts.steps if preset == "cpu" or device.type == "cuda" else max(opts.steps // 10, 3)
-            variants = [(20, False), (20, True), (4, False)] if preset == "cpu" else [(20, False)]
-            for num_samples, compile in variants:
+            variants = [(20, False, False), (20, True, False), (4, False, False)]
+            if script != "dime_morl":
+                variants += [(20, False, True), (20, True, True)]  # --bf16: the offline scripts' flag
+            for num_samples, compile, bf16 in variants if preset == "cpu" else variants[:1]:
                 if script == "dime_morl":
                     sec = time_morl_learner(preset, device, steps, num_samples, compile)
                 else:
-                    sec = time_offline_learner(script, preset, device, steps, num_samples, compile)
+                    sec = time_offline_learner(script, preset, device, steps, num_samples, compile, bf16)
                 hidden, batch = PRESETS[preset]
-                row = f"{script:<11}{preset:<7}{str(hidden):<30}{batch:>6}{num_samples:>4}{str(compile):>9}"
+                mode = ("compile " if compile else "") + ("bf16" if bf16 else "") or "eager"
+                row = f"{script:<11}{preset:<7}{str(hidden):<30}{batch:>6}{num_samples:>4}  {mode:<13}"
                 print(f"{row}{sec * 1e3:>9.1f}{1 / sec:>9.1f}", flush=True)
     print(
         f"actors: cheetah_run, 4 envs: {time_actors('cheetah_run', 4, 500):.0f} env steps/s (random actions)"
