@@ -222,9 +222,8 @@ class Agent(nn.Module):
         super().__init__()
         hidden = args.hidden_sizes
         self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
-        self.critic, self.target_critic = (
-            Critic(obs_dim + act_dim, args.num_atoms, hidden) for _ in range(2)
-        )
+        critic_in = obs_dim + act_dim
+        self.critic, self.target_critic = (Critic(critic_in, args.num_atoms, hidden) for _ in range(2))
         self.update_targets()
 
     @torch.no_grad()
@@ -334,9 +333,7 @@ def main(args: Args) -> dict:
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
-        print(
-            f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}"
-        )
+        print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
     gen = torch.Generator(device).manual_seed(args.seed)
     envs = make_envs(args.env_id, 1)
     (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
@@ -350,14 +347,8 @@ def main(args: Args) -> dict:
     if ckpt:
         restore(ckpt, agent, optimizers, gen, state)
     run_dir, writer = open_run(args)
-    progress = tqdm(
-        total=args.total_steps,
-        initial=state["learner_steps"],
-        unit="step",
-        desc=args.env_id,
-        dynamic_ncols=True,
-        disable=None,
-    )
+    bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
+    progress = tqdm(total=args.total_steps, initial=state["learner_steps"], **bar)
     start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
 
     def checkpoint() -> None:
@@ -455,11 +446,8 @@ def plot_curve(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(steps, mean, marker="o")
     ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.set(
-        xlabel="learner step",
-        ylabel="episode return",
-        title=f"{results['algo']} {results['env_id']}, α = {results['alpha']}",
-    )
+    title = f"{results['algo']} {results['env_id']}, α = {results['alpha']}"
+    ax.set(xlabel="learner step", ylabel="episode return", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -470,9 +458,8 @@ def open_run(args: Args):
     """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
     from torch.utils.tensorboard import SummaryWriter
 
-    run_dir = os.path.join(
-        args.output_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    )
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
     if args.resume:  # continue in the checkpoint's directory
         run_dir = os.path.dirname(os.path.abspath(args.resume))
     try:
