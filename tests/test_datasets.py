@@ -458,3 +458,12 @@ def test_rlu_observations_equal_flatten_observation_of_the_same_state(tmp_path):
         expected = flatten.observation({k: np.asarray(v, np.float32) for k, v in step.observation.items()})
         np.testing.assert_array_equal(ds.observations[t], expected.astype(np.float32))
     assert [k for k, _ in ds.obs_keys] == sorted(keys)
+
+
+def test_download_without_network_fails_with_one_line_and_keeps_nothing_half_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "RLU_BUCKET", "http://127.0.0.1:9/rl_unplugged")  # nothing listens there
+    with pytest.raises(DatasetError, match="cannot download .* check the network") as info:
+        datasets.download_rlu("cheetah_run", "episodes", str(tmp_path), shards=1)
+    assert "\n" not in str(info.value)
+    shard_dir = tmp_path / "dm_control_suite_episodes" / "cheetah_run"
+    assert not [f for f in os.listdir(shard_dir) if not f.endswith(".part")]  # no shard claimed complete
