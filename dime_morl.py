@@ -55,7 +55,7 @@ BANDITS = ("schaffer", "fonseca_fleming")
 VIDEO_FRAME_SKIP = 4  # --capture-video keeps every 4th frame of the first evaluation episode
 RESUME_OVERRIDES = (  # flags a resumed run may change
     "total_steps total_env_steps checkpoint_every eval_every resume cuda track save_model "
-    "save_replay capture_video log_every compile"
+    "save_replay capture_video log_every compile bf16"
 ).split()  # flags a resumed run may change
 
 
@@ -91,6 +91,8 @@ class Args:
     """log losses every this many learner steps (the learner's only device->host copy)"""
     compile: bool = False
     """torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)"""
+    bf16: bool = False
+    """run the target critic's forward pass (N actions per state) in bfloat16 autocast"""
 
     # Algorithm specific arguments
     env_id: str = "fonseca_fleming"
@@ -531,7 +533,8 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
         if bandit:
             q_values = bandit_rewards(args.env_id, sampled)  # [N, B, K]
         else:
-            next_pmfs = agent.target_critic(states, sampled).softmax(-1)  # [N, B, K, I]
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):  # the largest matmuls
+                next_pmfs = agent.target_critic(states, sampled).float().softmax(-1)  # [N, B, K, I]
             q_values = (next_pmfs * atoms).sum(-1)  # [N, B, K]
             target_pmfs = c51_target(next_pmfs, returns, discounts, atoms)
     loss, stats = policy_loss(agent, states, target_mean, target_stddev, sampled, q_values, tradeoff, args)

@@ -24,7 +24,9 @@ PRESETS = {  # name: (hidden sizes, batch size)
 }
 
 
-def time_morl_learner(preset, device, steps, num_samples=20, compile=False, obs_dim=17, act_dim=6) -> float:
+def time_morl_learner(
+    preset, device, steps, num_samples=20, compile=False, bf16=False, obs_dim=17, act_dim=6
+):
     """Seconds per dime_morl learner step on a full replay of random transitions (cheetah_run sizes)."""
     hidden, batch = PRESETS[preset]
     args = dime_morl.Args(
@@ -33,6 +35,7 @@ def time_morl_learner(preset, device, steps, num_samples=20, compile=False, obs_
         batch_size=batch,
         buffer_size=100_000,
         num_samples=num_samples,
+        bf16=bf16,
     )
     agent = dime_morl.Agent(obs_dim, act_dim, 2, args).to(device)
     if compile:
@@ -115,11 +118,10 @@ def main() -> None:
         for preset in opts.presets:
             steps = opts.steps if preset == "cpu" or device.type == "cuda" else max(opts.steps // 10, 3)
             variants = [(20, False, False), (20, True, False), (4, False, False)]
-            if script != "dime_morl":
-                variants += [(20, False, True), (20, True, True)]  # --bf16: the offline scripts' flag
+            variants += [(20, False, True), (20, True, True)]  # --bf16
             for num_samples, compile, bf16 in variants if preset == "cpu" else variants[:1]:
                 if script == "dime_morl":
-                    sec = time_morl_learner(preset, device, steps, num_samples, compile)
+                    sec = time_morl_learner(preset, device, steps, num_samples, compile, bf16)
                 else:
                     sec = time_offline_learner(script, preset, device, steps, num_samples, compile, bf16)
                 hidden, batch = PRESETS[preset]
