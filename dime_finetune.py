@@ -1,0 +1,780 @@
+# docs and experiment results: docs/dime_finetune.md
+"""Online finetuning from a teacher policy with DiME or LS, fixed or learned trade-off (Sec. 5.1, 6.3, D.3).
+
+Online MPO with two objectives: the task return (a C51 critic) and staying close to a teacher π_b, whose
+"Q" is log π_b(a|s) - log π_i(a|s) on the sampled actions (no critic needed, eq. 6-8). Per learner step:
+    dime  E-step per objective: w_1 = softmax(Q/η_1) (η_1 learned with ε), w_2 = softmax(log(π_b/π_i)/η_2)
+          (η_2 learned with --epsilon-teacher, or fixed to 1 with --fixed-eta2: then q_2 = π_b, eq. 8);
+          the M-step fits (1-α)·q_1 + α·q_2 (eq. 7)
+    ls    one E-step on ((1-α)·Q + α·log(π_b/π_i))/η (eq. 6): the trade-off and the Q scale meet in η
+α = 0 is plain (distributional) MPO from scratch; α = 1 distils the teacher. `--learn-alpha` learns
+α = sigmoid(x) by descending J(α) = α·(E_{s, a~π_i} Q(s, a) - c) (Sec. 6.3): α grows while the policy's
+value is below the threshold c (the teacher's, by default) and shrinks above it.
+
+Decisions the paper leaves open (docs/dime_finetune.md, "Implementation details"):
+- --teacher defaults to the task's *middle* zoo policy (zoo/manifest.json), so there is room to beat it;
+  c (--return-threshold) defaults to the teacher's measured mean per-step reward / (1-γ).
+- As in dime_morl.py and Acme's DMPO learner, the E-step runs on the bootstrap states s_{t+n} and shares
+  the N target-policy actions and the single target-critic pass of the C51 target.
+- Actors are a lockstep vector env reset together ("rounds"); reset seeds derive from (seed, round), and
+  evaluations and checkpoints fall on round boundaries, so `--resume` continues exactly.
+Shape letters: B batch, N sampled actions per state, D action dims, I atoms, E actors.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+from common.c51 import categorical_l2_project
+
+MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
+MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
+POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256"
+NETWORKS = ("policy", "critic")
+RESUME_OVERRIDES = (
+    "total_env_steps checkpoint_every eval_every resume cuda track save_model log_every compile bf16".split()
+)
+
+
+# ==== 1. Args ===========================================================================================
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to CPU with a notice)"""
+    output_dir: str = "runs"
+    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
+    track: bool = False
+    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
+    wandb_project_name: str = "dime-rl"
+    """the wandb project name"""
+    save_model: bool = False
+    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end"""
+    checkpoint_every: int = 50_000
+    """write <run>/checkpoint.pt every this many learner steps (at the next round boundary); 0 = never"""
+    resume: str | None = None
+    """a checkpoint.pt to continue exactly (same run directory and flags; --total-env-steps may grow)"""
+    log_every: int = 100
+    """log losses every this many learner steps (the learner's only device->host copy)"""
+    compile: bool = False
+    """torch.compile the networks (faster learner steps after some seconds of compilation)"""
+    bf16: bool = False
+    """run the target critic's forward pass (N actions per state) in bfloat16 autocast"""
+
+    # Algorithm specific arguments
+    env_id: str = "cartpole_swingup"
+    """control-suite task <domain>_<task>"""
+    teacher: str | None = None
+    """exported teacher policy (.pt2: observations -> (mean, stddev)); default: the task's middle zoo one"""
+    method: Literal["dime", "ls"] = "dime"
+    """how the objectives are combined: DiME (eq. 7-8) or linear scalarization (eq. 6)"""
+    alpha: float = 0.5
+    """trade-off in [0, 1]: weight of the teacher objective (the initial value with --learn-alpha)"""
+    learn_alpha: bool = False
+    """learn α = sigmoid(x) by descending α·(E[Q] - c) (Sec. 6.3)"""
+    return_threshold: float | None = None
+    """c of the learned trade-off (default: the teacher's mean per-step reward / (1 - γ), measured)"""
+    fixed_eta2: bool = False
+    """dime: fix the teacher objective's temperature to 1, so its E-step is the teacher itself (eq. 8)"""
+    epsilon_teacher: float = 0.1
+    """dime: KL bound of the teacher objective's E-step when η_2 is learned"""
+    total_env_steps: int = 1_000_000
+    """environment steps (summed over actors) to train for"""
+    num_envs: int = 4
+    """number of actors"""
+    replay_ratio: float = 0.25
+    """learner steps per environment step"""
+    learning_starts: int = 5_000
+    """environment steps collected before the first learner step"""
+    buffer_size: int = 1_000_000
+    """replay capacity in transitions"""
+    batch_size: int = 1024
+    """transitions per learner step (Table 4, finetuning)"""
+    hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
+    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
+    num_samples: int = 20
+    """N: actions sampled per state for the E-step and the C51 mixture target"""
+    n_step: int = 5
+    """n of the n-step return (Table 3)"""
+    gamma: float = 0.99
+    """discount (Table 3)"""
+    v_min: float = -150.0
+    """lower end of the critic's support (Table 3)"""
+    v_max: float = 150.0
+    """upper end of the critic's support (Table 3)"""
+    num_atoms: int = 101
+    """atoms of the categorical critic (Table 3)"""
+    epsilon: float = 0.1
+    """ε_1: KL bound of the task objective's E-step (Table 3)"""
+    epsilon_mean: float = 0.0025
+    """ε_μ: M-step KL bound on the policy mean (Table 3)"""
+    epsilon_stddev: float = 1e-5
+    """ε_σ: M-step KL bound on the policy stddev (Table 3)"""
+    init_temperature: float = 10.0
+    """initial temperatures η (Table 3)"""
+    init_log_alpha_mean: float = 1.0
+    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO)"""
+    init_log_alpha_stddev: float = 10.0
+    """same for α_σ (Acme TF DMPO)"""
+    lr: float = 1e-4
+    """Adam learning rate of policy and critic (Table 3)"""
+    dual_lr: float = 1e-2
+    """Adam learning rate of the dual variables and of the learned trade-off (Table 3)"""
+    target_update_period: int = 100
+    """learner steps between hard copies into the target networks (Table 3)"""
+    grad_clip: float = 40.0
+    """global gradient-norm clip of policy and critic"""
+    eval_every: int = 10_000
+    """evaluate every this many learner steps (at the next round boundary)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+
+
+def fail(message: str) -> None:
+    """User error: one clear line on stderr and a non-zero exit."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def diverged(what: str, step: int, run_dir: str) -> None:
+    kept = f"the last good checkpoint is kept in {run_dir}"
+    fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+
+
+def check_args(args: Args) -> None:
+    """Validate flags once, naming the flag, the value received and the fix."""
+    if not 0.0 <= args.alpha <= 1.0 or args.learn_alpha and not 0.0 < args.alpha < 1.0:
+        fail(f"--alpha {args.alpha} is out of range; use [0, 1] ((0, 1) with --learn-alpha; paper: 0.5)")
+    for name in ("batch_size", "num_samples", "n_step", "num_envs", "num_atoms", "eval_episodes"):
+        if getattr(args, name) < 1 + (name == "num_atoms"):
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
+    if args.buffer_size < args.num_envs * (args.n_step + 1):
+        fail(f"--buffer-size {args.buffer_size} cannot hold n-step windows; use at least 10000")
+
+
+# ==== 2. Environments and the teacher =====================================================================
+def make_envs(env_id: str, num_envs: int):
+    """Control-suite envs (shimmy) stepped in lockstep, observations flattened in alphabetical key order."""
+    import gymnasium as gym
+    import shimmy
+    from dm_control import suite
+
+    gym.register_envs(shimmy)
+    tasks = {f"{d}_{t}": f"dm_control/{d}-{t}-v0" for d, t in suite.ALL_TASKS}
+    if env_id not in tasks:
+        fail(f"--env-id {env_id!r} is unknown; use a control-suite task <domain>_<task> such as cheetah_run")
+    thunks = [lambda: gym.wrappers.FlattenObservation(gym.make(tasks[env_id])) for _ in range(num_envs)]
+    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+def round_seeds(seed: int, round_idx: int, stream: int, n: int) -> list[int]:
+    """Reset seeds of one round, a pure function of (seed, round, stream): resume needs no env state."""
+    return [int(s) for s in np.random.SeedSequence([seed, round_idx, stream]).generate_state(n)]
+
+
+def load_teacher(args: Args, obs_dim: int, act_dim: int, device):
+    """The exported teacher π_b (torch.export program), checked against the env's sizes."""
+    path = args.teacher
+    if path is None:
+        manifest = json.load(open(os.path.join(ROOT, "zoo", "manifest.json")))["policies"]
+        entries = [e for e in manifest if e["env_id"] == args.env_id and e["name"] == "middle"]
+        if not entries:
+            fail(f"no middle zoo policy for {args.env_id}; pass --teacher PATH (an exported policy .pt2)")
+        path = os.path.join(ROOT, entries[0]["file"])
+    if not os.path.isfile(path):
+        fail(f"--teacher {path} not found; pass an exported policy (.pt2), e.g. from zoo/")
+    logging.getLogger("torch.export").setLevel(logging.ERROR)  # its own report of a bad file: ours is below
+    try:
+        teacher = torch.export.load(path).module().to(device)
+        mean, stddev = teacher(torch.zeros(2, obs_dim, device=device))
+    except Exception as e:  # unreadable file, or a policy for other observation sizes
+        what = f"cannot act on {args.env_id}'s {obs_dim}-dim observations ({type(e).__name__})"
+        fail(f"--teacher {path} {what}; pass a policy exported for {args.env_id}")
+    if mean.shape != (2, act_dim) or stddev.shape != (2, act_dim):
+        fail(f"--teacher {path} outputs {tuple(mean.shape[1:])} actions, {args.env_id} takes {act_dim}")
+    return teacher
+
+
+# ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
+def layer_norm_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    """Acme's LayerNormMLP: Linear -> LayerNorm -> tanh, then Linear -> ELU for every further layer."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_sizes[0]), nn.LayerNorm(hidden_sizes[0]), nn.Tanh()]
+    for h_in, h_out in zip(hidden_sizes[:-1], hidden_sizes[1:]):
+        layers += [nn.Linear(h_in, h_out), nn.ELU()]
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """Diagonal Gaussian π(a|s): linear mean (no tanh), stddev = softplus(·)·0.7/softplus(0) + 1e-6."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.torso = layer_norm_mlp(obs_dim, hidden_sizes)
+        self.mean = nn.Linear(hidden_sizes[-1], act_dim)
+        self.stddev = nn.Linear(hidden_sizes[-1], act_dim)
+        for head in (self.mean, self.stddev):  # small init: the initial policy is N(≈0, 0.7) everywhere
+            nn.init.trunc_normal_(head.weight, std=math.sqrt(1e-4 / hidden_sizes[-1]))
+            nn.init.zeros_(head.bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.torso(obs)
+        stddev = F.softplus(self.stddev(h)) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
+        return self.mean(h), stddev
+
+
+class Critic(nn.Module):
+    """Categorical Q(s, a): logits over I atoms (Q = Σ softmax·atoms); actions are clipped to [-1, 1]."""
+
+    def __init__(self, in_dim: int, num_atoms: int, hidden_sizes: tuple[int, ...]):
+        super().__init__()
+        self.torso = layer_norm_mlp(in_dim, hidden_sizes)
+        self.head = nn.Linear(hidden_sizes[-1], num_atoms)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs.expand(*actions.shape[:-1], -1), actions.clamp(-1.0, 1.0)], -1)
+        return self.head(self.torso(x))  # [..., I]
+
+
+class Agent(nn.Module):
+    """Every learned quantity (online and target networks, duals, the trade-off) in one state_dict."""
+
+    def __init__(self, obs_dim: int, act_dim: int, args: Args):
+        super().__init__()
+        hidden, critic_in = args.hidden_sizes, obs_dim + act_dim
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
+        self.critic, self.target_critic = (Critic(critic_in, args.num_atoms, hidden) for _ in range(2))
+        # Duals live in log space behind softplus (Acme): temperatures η_1, η_2 (ls: one), α_μ, α_σ.
+        num_temperatures = 2 if args.method == "dime" else 1
+        self.log_temperature = nn.Parameter(
+            torch.full((num_temperatures,), inv_softplus(args.init_temperature))
+        )
+        self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
+        self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
+        x0 = (
+            math.log(args.alpha / (1 - args.alpha)) if 0 < args.alpha < 1 else 0.0
+        )  # logit(α), used if learned
+        self.tradeoff_logit = nn.Parameter(torch.tensor(x0))
+        self.update_targets()
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Hard copy online -> target (Table 3: every --target-update-period learner steps)."""
+        self.target_policy.load_state_dict(self.policy.state_dict())
+        self.target_critic.load_state_dict(self.critic.state_dict())
+
+    def duals(self) -> list[nn.Parameter]:
+        return [self.log_temperature, self.log_alpha_mean, self.log_alpha_stddev]
+
+
+def make_optimizers(agent: Agent, args: Args) -> dict:
+    """One optimiser per parameter group: policy, critic, duals, and the learned trade-off."""
+    adamw = {
+        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=0.0) for n in NETWORKS
+    }
+    duals = {"duals": torch.optim.Adam(agent.duals(), args.dual_lr)}
+    tradeoff = (
+        {"tradeoff": torch.optim.Adam([agent.tradeoff_logit], args.dual_lr)} if args.learn_alpha else {}
+    )
+    return {**adamw, **duals, **tradeoff}
+
+
+def compile_networks(agent: Agent) -> None:
+    """torch.compile every network's forward in place (state_dict keys stay the same)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
+    for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
+        net.compile()
+
+
+def inv_softplus(x: float) -> float:
+    """θ such that softplus(θ) = x (initial value of a dual variable)."""
+    return x + math.log(-math.expm1(-x))
+
+
+def dual(param: torch.Tensor) -> torch.Tensor:
+    """Positive dual variable from its log-space parameter (softplus + epsilon, Acme)."""
+    return F.softplus(param) + MPO_FLOAT_EPSILON
+
+
+def tradeoff(agent: Agent, args: Args) -> torch.Tensor:
+    """The trade-off α: fixed --alpha, or sigmoid of the learned logit."""
+    return agent.tradeoff_logit.sigmoid() if args.learn_alpha else agent.tradeoff_logit.new_tensor(args.alpha)
+
+
+# ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
+def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
+    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (SPEC §4).
+    next_pmfs [N, B, I], returns [B], discounts [B], atoms [I] -> target pmfs [B, I]."""
+    return categorical_l2_project(next_pmfs.mean(0), returns, discounts, atoms)
+
+
+def critic_loss(logits: torch.Tensor, target_pmfs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the online logits [B, I] to the projected target pmfs [B, I]."""
+    return -(target_pmfs * logits.log_softmax(-1)).sum(-1).mean()
+
+
+# ==== 5. E-step: per-objective weights, temperature duals, KL diagnostic ===================================
+def compute_weights_and_temperature_loss(q_values, epsilon: torch.Tensor, temperature: torch.Tensor):
+    """E-step: w_k = softmax_N(Q_k/η_k) per state (eq. 38); dual η_k(ε_k + E_s log E_a exp(Q_k/η_k)) (eq. 45).
+    q_values [N, B, K], epsilon [K], temperature [K] -> weights [N, B, K] (no gradient), loss []."""
+    tempered = q_values.detach() / temperature
+    weights = tempered.softmax(0).detach()
+    log_mean_exp = tempered.logsumexp(0).mean(0) - math.log(q_values.shape[0])  # [K]
+    return weights, (temperature * (epsilon + log_mean_exp)).sum()
+
+
+def compute_nonparametric_kl(weights: torch.Tensor) -> torch.Tensor:
+    """KL(q_k ‖ π_i) of the sample-based E-step solution, mean over states: [N, B, K] -> [K]."""
+    return (weights * torch.log(weights.shape[0] * weights + MPO_FLOAT_EPSILON)).sum(0).mean(0)
+
+
+# ==== 6. M-step: decoupled cross-entropy and KL trust region (Acme's MPO) =================================
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, stddev: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(stddev²)), summed over the last (action) dimension."""
+    return (-0.5 * ((x - mean) / stddev) ** 2 - stddev.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
+    """Per-dimension KL(N(mean_p, stddev_p²) ‖ N(mean_q, stddev_q²)), shape of the inputs."""
+    return (stddev_q / stddev_p).log() + (stddev_p**2 + (mean_p - mean_q) ** 2) / (2 * stddev_q**2) - 0.5
+
+
+def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
+    """-Σ_N w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
+    actions [N, B, D], weights [N, B], distribution parameters [B, D]."""
+    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)  # trains the mean
+    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)  # trains the stddev
+    return -(weights * (fixed_stddev + fixed_mean)).sum(0).mean()
+
+
+def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, epsilon: float):
+    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)). kl [B, D]."""
+    alpha, mean_kl = dual(log_alpha), kl.mean(0)  # [D], [D]
+    return (alpha.detach() * mean_kl).sum(), (alpha * (epsilon - mean_kl.detach())).sum(), mean_kl.mean()
+
+
+# ==== 7. Policy objective: task and teacher, combined by DiME (eq. 7-8) or LS (eq. 6) ======================
+def e_step(agent: Agent, q_task, log_ratio, alpha, args: Args):
+    """Weights [N, B] of the α-mixture of the improved policies, temperature loss, and per-objective KLs.
+    q_task, log_ratio = log π_b(a|s) - log π_i(a|s): [N, B] on the sampled actions."""
+    temperature, alpha = dual(agent.log_temperature), alpha.detach()
+    if args.method == "ls":  # one E-step on the scalarised objective (eq. 6)
+        q, epsilon = ((1 - alpha) * q_task + alpha * log_ratio)[..., None], q_task.new_tensor([args.epsilon])
+        weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilon, temperature)
+        return weights[..., 0], temperature_loss, compute_nonparametric_kl(weights) / epsilon
+    q, epsilon = torch.stack([q_task, log_ratio], -1), q_task.new_tensor([args.epsilon, args.epsilon_teacher])
+    if args.fixed_eta2:  # η_2 = 1: q_2 ∝ π_i·π_b/π_i = π_b (eq. 8); only η_1 is learned
+        temperature = torch.stack([temperature[0], temperature.new_tensor(1.0)])
+        epsilon = epsilon * epsilon.new_tensor([1.0, 0.0])
+    weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilon, temperature)
+    mixture = (1 - alpha) * weights[..., 0] + alpha * weights[..., 1]  # eq. 7: the α-mixture of q_1, q_2
+    kl_q = compute_nonparametric_kl(weights)  # relative to its bound; absolute where η_2 is fixed
+    return mixture, temperature_loss, kl_q / torch.where(epsilon > 0, epsilon, torch.ones_like(epsilon))
+
+
+def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_task, log_ratio, args: Args):
+    """MPO policy improvement on `states` [B, S]: π_i = N(target_mean, target_stddev) [B, D] proposed the
+    `actions` [N, B, D]; the E-step weights them per objective, the M-step fits the mixture. Returns
+    (loss incl. duals and the learned trade-off's loss, stats)."""
+    alpha = tradeoff(agent, args)
+    weights, temperature_loss, kl_q_rel = e_step(agent, q_task, log_ratio, alpha, args)
+    mean, stddev = agent.policy(states)
+    cross_entropy = compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev)
+    kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
+    kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
+    trust_region = compute_kl_penalty_and_dual_loss
+    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
+    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
+    loss = cross_entropy + pen_mean + pen_std
+    tradeoff_loss = alpha * (q_task.mean() - args.return_threshold)  # J(α) = α·(E[Q] - c) (Sec. 6.3)
+    stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
+    stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
+    stats["charts/tradeoff"], stats["losses/log_ratio_mean"] = alpha.detach(), log_ratio.mean()
+    for k, (eta, kl_q) in enumerate(zip(dual(agent.log_temperature), kl_q_rel)):
+        stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
+    return loss + temperature_loss + dual_mean + dual_std + tradeoff_loss * args.learn_alpha, stats
+
+
+# ==== 7a. Replay on the device: 1-step transitions per actor, n-step returns built when sampled ===========
+class Replay:
+    """Ring buffer of [rows, E] transitions. n-step windows never cross an episode end (terminal or cut)."""
+
+    KEYS = ("obs", "actions", "rewards", "next_obs", "terminals", "ends")
+
+    def __init__(self, capacity: int, num_envs: int, obs_dim: int, act_dim: int, device):
+        self.rows, self.pos, self.full = max(capacity // num_envs, 1), 0, False
+        dims = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,)}
+        self.data = {}
+        for k in self.KEYS:  # float32 transitions; bool flags "terminals" (true end) and "ends" (end or cut)
+            dtype = torch.float32 if k in dims else torch.bool
+            self.data[k] = torch.zeros(self.rows, num_envs, *dims.get(k, ()), device=device, dtype=dtype)
+
+    def add(self, **row: torch.Tensor) -> None:
+        for k in self.KEYS:
+            self.data[k][self.pos] = row[k]
+        self.pos = (self.pos + 1) % self.rows
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size: int, n: int, gamma: float, gen: torch.Generator):
+        """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps (SPEC §4)."""
+        d, device = self.data, self.data["obs"].device
+        size, start = (self.rows, self.pos) if self.full else (self.pos, 0)
+        t = (start + torch.randint(0, size - n + 1, (batch_size,), device=device, generator=gen)) % self.rows
+        e = torch.randint(0, d["obs"].shape[1], (batch_size,), device=device, generator=gen)
+        steps = torch.arange(n, device=device)
+        idx = (t[None] + steps[:, None]) % self.rows  # [n, B]
+        ends = d["ends"][idx, e].float()
+        alive = torch.cumprod(torch.cat([torch.ones_like(ends[:1]), 1.0 - ends[:-1]]), 0)  # [n, B]
+        returns = (alive * gamma ** steps[:, None].float() * d["rewards"][idx, e]).sum(0)  # [B]
+        taken = alive.sum(0).long()  # [B]
+        last = idx.gather(0, (taken - 1)[None]).squeeze(0)
+        discounts = gamma ** taken.float() * (1.0 - d["terminals"][last, e].float())
+        return d["obs"][t, e], d["actions"][t, e], returns, discounts, d["next_obs"][last, e]
+
+    def state_dict(self) -> dict:
+        """The filled rows only (a checkpoint of a young buffer stays small)."""
+        rows = self.rows if self.full else self.pos
+        return {**{k: v[:rows] for k, v in self.data.items()}, "pos": self.pos, "full": self.full}
+
+    def load_state_dict(self, saved: dict) -> None:
+        for k in self.KEYS:
+            self.data[k][: len(saved[k])] = saved[k]
+        self.pos, self.full = saved["pos"], saved["full"]
+
+
+# ==== 8. Learner step: one update of critic, policy, duals and trade-off ==================================
+def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms, args: Args, gen) -> dict:
+    """One gradient step on every parameter group; returns metric tensors (no host sync)."""
+    obs, actions, returns, discounts, states = replay.sample(args.batch_size, args.n_step, args.gamma, gen)
+    with torch.no_grad():  # N actions from the target policy π_i at s_{t+n}, scored by both objectives
+        target_mean, target_stddev = agent.target_policy(states)
+        noise = torch.randn(args.num_samples, *target_mean.shape, device=states.device, generator=gen)
+        sampled = target_mean + target_stddev * noise  # [N, B, D]
+        with torch.autocast(states.device.type, torch.bfloat16, enabled=args.bf16):  # the largest matmuls
+            next_pmfs = agent.target_critic(states, sampled).float().softmax(-1)  # [N, B, I]
+        target_pmfs = c51_target(next_pmfs, returns, discounts, atoms)
+        q_task = (next_pmfs * atoms).sum(-1)  # [N, B]
+        teacher_mean, teacher_stddev = teacher(states)
+        log_ratio = gaussian_log_prob(sampled, teacher_mean, teacher_stddev) - gaussian_log_prob(
+            sampled, target_mean, target_stddev
+        )  # log π_b(a|s) - log π_i(a|s): the teacher objective's "Q" (eq. 6-8)
+    loss, stats = policy_loss(agent, states, target_mean, target_stddev, sampled, q_task, log_ratio, args)
+    stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+    loss = loss + stats["losses/critic_loss"]
+    stats["losses/q_mean"], stats["loss"] = q_task.mean(), loss.detach()
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for name in NETWORKS:
+        nn.utils.clip_grad_norm_(getattr(agent, name).parameters(), args.grad_clip)
+    for opt in optimizers.values():
+        opt.step()
+    with torch.no_grad():
+        for p in agent.duals():
+            p.clamp_(min=MIN_LOG_DUAL)
+    return stats
+
+
+# ==== 9. main: seeding, teacher, actors and learner =======================================================
+def main(args: Args) -> dict:
+    os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering needed; before dm_control loads
+    check_args(args)
+    ckpt = load_checkpoint(args) if args.resume else None
+    args = ckpt["args"] if ckpt else args
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("notice: CUDA is not available, training on the CPU")
+    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
+        print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
+    gen = torch.Generator(device).manual_seed(args.seed)
+    envs = make_envs(args.env_id, args.num_envs)
+    (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
+    teacher = load_teacher(args, obs_dim, act_dim, device)
+    state = dict(learner_steps=0, env_steps=0, round=0, credit=0.0, evaluations=[], last_eval=-1, last_ckpt=0)
+    state["wall_time"], state["teacher_returns"] = 0.0, None  # all that a checkpoint must carry
+    if ckpt:
+        state.update(ckpt["state"])
+    if state["teacher_returns"] is None:  # the teacher's own evaluation: a line on the plots, and c
+        state["teacher_returns"] = evaluate(teacher, args, 0, device, stream=2).tolist()
+    if args.return_threshold is None:  # c = mean per-step reward / (1 - γ), from the teacher's returns
+        per_step = np.mean(state["teacher_returns"]) / 1000  # control-suite episodes last 1000 steps
+        args = dataclasses.replace(args, return_threshold=float(per_step / (1 - args.gamma)))
+    print(
+        f"teacher: return {np.mean(state['teacher_returns']):.1f}; threshold c = {args.return_threshold:.1f}"
+    )
+    agent = Agent(obs_dim, act_dim, args).to(device)
+    if args.compile:
+        compile_networks(agent)
+    atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
+    optimizers = make_optimizers(agent, args)
+    replay = Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, device)
+    if ckpt:
+        restore(ckpt, agent, optimizers, replay, gen)
+    run_dir, writer = open_run(args)
+    bar = dict(unit="env step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
+    progress = tqdm(total=args.total_env_steps, initial=state["env_steps"], **bar)
+    start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
+
+    def learn() -> None:
+        metrics.append(learner_step(agent, optimizers, replay, teacher, atoms, args, gen))
+        state["learner_steps"] += 1
+        if state["learner_steps"] % args.target_update_period == 0:
+            agent.update_targets()
+        if state["learner_steps"] % args.log_every == 0:
+            log_metrics(writer, metrics, state["learner_steps"], last_log, run_dir)
+
+    def checkpoint() -> None:
+        state["wall_time"], state["last_ckpt"] = time.time() - start, state["learner_steps"]
+        save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state)
+
+    while state["env_steps"] < args.total_env_steps:
+        before = state["env_steps"]
+        if state["last_eval"] < 0 or state["learner_steps"] - state["last_eval"] >= args.eval_every:
+            evaluate_and_log(agent, args, state, writer, device, progress)
+        if args.checkpoint_every and state["learner_steps"] - state["last_ckpt"] >= args.checkpoint_every:
+            checkpoint()
+        run_round(envs, agent, replay, args, state, gen, device, writer, learn)
+        progress.update(state["env_steps"] - before)
+    if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
+        checkpoint()
+    evaluate_and_log(agent, args, state, writer, device, progress)
+    state["wall_time"] = time.time() - start
+    progress.close()
+    if args.save_model:
+        export_policy(agent, args, os.path.join(run_dir, "policy.pt2"))
+    writer.close()
+    return write_results(args, state, run_dir)
+
+
+def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, device, writer, learn):
+    """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave."""
+    obs, _ = envs.reset(seed=round_seeds(args.seed, state["round"], 0, args.num_envs))
+    obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+    episode_return, done = torch.zeros(args.num_envs, device=device), False
+    while not done:
+        with torch.no_grad():
+            mean, stddev = agent.policy(obs)
+            actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
+        next_obs, reward, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+        done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
+        rewards = torch.as_tensor(reward, dtype=torch.float32, device=device)
+        next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+        terminals = torch.as_tensor(terminated, device=device)
+        transition = dict(obs=obs, actions=actions, rewards=rewards, next_obs=next_obs, terminals=terminals)
+        replay.add(**transition, ends=torch.full_like(terminals, done))
+        episode_return, obs = episode_return + rewards, next_obs
+        state["env_steps"] += args.num_envs
+        if state["env_steps"] >= max(args.learning_starts, args.num_envs * args.n_step):
+            state["credit"] += args.num_envs * args.replay_ratio
+            while state["credit"] >= 1.0:
+                learn()
+                state["credit"] -= 1.0
+    writer.add_scalar("charts/episodic_return", episode_return.mean().item(), state["env_steps"])
+    state["round"] += 1
+
+
+def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> None:
+    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf."""
+    keys = list(metrics[0])
+    values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
+    metrics.clear()
+    if not all(math.isfinite(v) for v in values):
+        diverged(", ".join(k for k, v in zip(keys, values) if not math.isfinite(v)), step, run_dir)
+    for k, v in zip(keys, values):
+        if k != "loss":
+            writer.add_scalar(k, v, step)
+    now = time.time()
+    writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
+    last_log[:] = step, now
+
+
+# ==== 10. Evaluation ======================================================================================
+@torch.no_grad()
+def evaluate(policy, args: Args, round_idx: int, device, stream: int = 1) -> np.ndarray:
+    """Per-episode returns of a policy's mean (clipped to [-1, 1]); reset seeds from (seed, round, stream)."""
+    envs = make_envs(args.env_id, args.eval_episodes)
+    obs, _ = envs.reset(seed=round_seeds(args.seed, round_idx, stream, args.eval_episodes))
+    returns, alive = np.zeros(args.eval_episodes), np.ones(args.eval_episodes, bool)
+    while alive.any():
+        actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device))[0]
+        obs, reward, terminated, truncated, _ = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
+        returns += reward * alive
+        alive &= ~(terminated | truncated)
+    envs.close()
+    return returns
+
+
+def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
+    step, env_steps = state["learner_steps"], state["env_steps"]
+    returns = evaluate(agent.policy, args, state["round"], device)
+    alpha = float(tradeoff(agent, args).detach())
+    record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}
+    record["mean"] = float(returns.mean())
+    state["evaluations"].append(record)
+    progress.write(f"step {step} (env steps {env_steps}) α {alpha:.3f}: return {returns.mean():.1f}")
+    writer.add_scalar("eval/episodic_return", returns.mean(), step)
+    state["last_eval"] = step
+
+
+def write_results(args: Args, state: dict, run_dir: str) -> dict:
+    """results.json (SPEC §8) with the teacher's return and the trade-off over time, and a curve plot."""
+    last = state["evaluations"][-1]
+    results = {"algo": "dime_finetune", "method": args.method, "env_id": args.env_id, "seed": args.seed}
+    results.update(alpha=None if args.learn_alpha else args.alpha, evaluations=state["evaluations"])
+    results["final"] = {"alpha": last["alpha"], "mean": last["mean"], "std": float(np.std(last["returns"]))}
+    teacher = state["teacher_returns"]
+    results["teacher"] = {"path": args.teacher, "mean": float(np.mean(teacher)), "returns": teacher}
+    results.update(return_threshold=args.return_threshold, learner_steps=state["learner_steps"])
+    results.update(env_steps=state["env_steps"], wall_time_s=state["wall_time"])
+    results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
+    results["args"] = dataclasses.asdict(args)
+    atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
+    plot_curve(results, os.path.join(run_dir, "curve.png"))
+    return results
+
+
+def plot_curve(results: dict, path: str) -> None:
+    """Evaluation return against env steps with the teacher's return as a line (Fig. 3), and α over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env_steps = [e["env_steps"] for e in results["evaluations"]]
+    fig, (ax, ax_alpha) = plt.subplots(2, 1, figsize=(5, 5), sharex=True, height_ratios=(3, 1))
+    ax.plot(env_steps, [e["mean"] for e in results["evaluations"]], marker="o", label=results["method"])
+    ax.axhline(results["teacher"]["mean"], color="k", ls="--", label="teacher")
+    ax.set(ylabel="episode return", title=f"dime_finetune {results['env_id']}")
+    ax.legend()
+    ax_alpha.plot(env_steps, [e["alpha"] for e in results["evaluations"]])
+    ax_alpha.set(xlabel="env steps", ylabel="trade-off α", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
+def open_run(args: Args):
+    """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    if args.resume:  # continue in the checkpoint's directory
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    try:
+        os.makedirs(run_dir, exist_ok=bool(args.resume))
+        if not args.resume:
+            write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+    except OSError as e:
+        fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
+    if args.track:
+        import wandb
+
+        config, name = dataclasses.asdict(args), os.path.basename(run_dir)
+        wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    return run_dir, writer
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def atomic_write(path: str, write) -> None:
+    """Write a temporary file beside `path` and rename it: a crash never leaves half a file at `path`."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")  # same suffix
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> None:
+    """Everything needed to continue exactly: networks, targets, duals, trade-off, optimisers, replay, RNG,
+    counters. Parameters that are no longer finite are never written over the last good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in agent.parameters()):
+        diverged("parameters", state["learner_steps"], run_dir)
+    ckpt = {
+        "script": os.path.basename(__file__),
+        "args": dataclasses.asdict(args),
+        "agent": agent.state_dict(),
+    }
+    ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
+    ckpt.update(state=state, rng=gen.get_state(), replay=replay.state_dict())
+    atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(args: Args) -> dict:
+    """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
+    try:
+        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
+        fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != os.path.basename(__file__):
+        fail(f"--resume {args.resume} was not written by {os.path.basename(__file__)}; pass one of its own")
+    saved, defaults = ckpt["args"], Args()
+
+    def norm(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
+        value, old = norm(getattr(args, name)), norm(saved[name])
+        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
+            flag = "--" + name.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
+    changed = {
+        k: getattr(args, k) for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))
+    }
+    ckpt["args"] = Args(**{**saved, **changed})
+    return ckpt
+
+
+def restore(ckpt: dict, agent: Agent, optimizers: dict, replay: Replay, gen) -> None:
+    agent.load_state_dict(ckpt["agent"])
+    for k, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][k])
+    replay.load_state_dict(ckpt["replay"])
+    gen.set_state(ckpt["rng"])
+
+
+def export_policy(agent: Agent, args: Args, path: str) -> None:
+    """torch.export of the policy, loadable without this file: `torch.export.load(path).module()(obs [B, S])`
+    returns (mean [B, D], stddev [B, D]); env id and sizes ride along in meta.json."""
+    policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
+    policy.load_state_dict(agent.policy.state_dict())
+    example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
+    program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
+    meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
+    meta.update(hidden_sizes=list(args.hidden_sizes), script=os.path.basename(__file__))
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

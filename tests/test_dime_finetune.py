@@ -1,0 +1,142 @@
+"""dime_finetune.py: distillation at α = 1, the learned trade-off, runs, exact resume, bad teachers."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dime_finetune as ft
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(env_id="cartpole_swingup", hidden_sizes=(16, 16), batch_size=8, num_samples=4, num_envs=2)
+TINY.update(total_env_steps=4000, learning_starts=1000, replay_ratio=0.1, eval_every=100, eval_episodes=2)
+TINY.update(checkpoint_every=100)
+
+
+class ConstantTeacher(nn.Module):
+    """π_b(·|s) = N(0.8, 0.2²) in every state."""
+
+    def forward(self, obs):
+        return torch.full((len(obs), 1), 0.8), torch.full((len(obs), 1), 0.2)
+
+
+def filled_replay(size: int = 64) -> ft.Replay:
+    replay = ft.Replay(size, 1, 3, 1, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(size):
+        obs = torch.randn(1, 3, generator=gen)
+        replay.add(
+            obs=obs,
+            actions=torch.rand(1, 1, generator=gen),
+            rewards=torch.rand(1, generator=gen),
+            next_obs=obs + 0.1,
+            terminals=torch.zeros(1, dtype=torch.bool),
+            ends=torch.zeros(1, dtype=torch.bool),
+        )
+    return replay
+
+
+def test_alpha_1_with_fixed_eta2_distils_the_teacher():
+    """α = 1 and η_2 = 1: the E-step target is π_b itself (eq. 8), so the policy mean moves to 0.8."""
+    torch.manual_seed(0)
+    args = ft.Args(
+        alpha=1.0,
+        fixed_eta2=True,
+        hidden_sizes=(16,),
+        batch_size=32,
+        num_samples=16,
+        lr=3e-3,
+        epsilon_mean=0.1,
+        return_threshold=0.0,
+    )
+    agent = ft.Agent(3, 1, args)
+    optimizers = ft.make_optimizers(agent, args)
+    replay, gen, atoms = (
+        filled_replay(),
+        torch.Generator().manual_seed(1),
+        torch.linspace(-10, 10, args.num_atoms),
+    )
+    states = torch.randn(100, 3)
+    before = (agent.policy(states)[0] - 0.8).abs().mean().item()
+    for step in range(100):
+        ft.learner_step(agent, optimizers, replay, ConstantTeacher(), atoms, args, gen)
+        if step % 10 == 9:
+            agent.update_targets()
+    after = (agent.policy(states)[0] - 0.8).abs().mean().item()
+    assert after < 0.25 * before, (before, after)
+
+
+@pytest.mark.parametrize("q_mean,direction", [(-5.0, 1), (5.0, -1)])
+def test_learned_alpha_rises_below_the_threshold_and_falls_above(q_mean, direction):
+    args = ft.Args(learn_alpha=True, hidden_sizes=(8,), return_threshold=0.0)
+    agent = ft.Agent(3, 1, args)
+    optimizer = ft.make_optimizers(agent, args)["tradeoff"]
+    states, mean, stddev = torch.randn(4, 3), torch.zeros(4, 1), torch.ones(4, 1)
+    actions, q_task, log_ratio = torch.randn(5, 4, 1), torch.full((5, 4), q_mean), torch.zeros(5, 4)
+    before = ft.tradeoff(agent, args).item()
+    loss, _ = ft.policy_loss(agent, states, mean, stddev, actions, q_task, log_ratio, args)
+    loss.backward()
+    optimizer.step()
+    assert (ft.tradeoff(agent, args).item() - before) * direction > 0
+
+
+def test_ls_weights_scalarise_before_the_softmax():
+    """ls: one E-step on (1-α)Q + α·log(π_b/π_i) (eq. 6); dime: the α-mixture of two E-steps (eq. 7)."""
+    q_task, log_ratio, alpha = torch.randn(6, 4) * 3, torch.randn(6, 4), torch.tensor(0.25)
+    for method in ("ls", "dime"):
+        args = ft.Args(method=method, hidden_sizes=(8,), init_temperature=2.0)
+        weights, _, _ = ft.e_step(ft.Agent(3, 1, args), q_task, log_ratio, alpha, args)
+        if method == "ls":
+            expected = torch.softmax(((1 - alpha) * q_task + alpha * log_ratio) / 2.0, 0)
+        else:
+            expected = (1 - alpha) * torch.softmax(q_task / 2.0, 0) + alpha * torch.softmax(
+                log_ratio / 2.0, 0
+            )
+        torch.testing.assert_close(weights, expected, rtol=1e-4, atol=1e-6)
+
+
+def run(tmp_path, **overrides) -> dict:
+    return ft.main(ft.Args(**{**TINY, "output_dir": str(tmp_path), **overrides}))
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    whole = run(tmp_path / "whole", learn_alpha=True)
+    first = run(tmp_path / "parts", learn_alpha=True, total_env_steps=2000)
+    (name,) = os.listdir(tmp_path / "parts")
+    resumed = ft.main(ft.Args(resume=str(tmp_path / "parts" / name / "checkpoint.pt"), total_env_steps=4000))
+    assert first["env_steps"] == 2000 and resumed["env_steps"] == whole["env_steps"] == 4000
+    assert resumed["evaluations"] == whole["evaluations"] and resumed["final"] == whole["final"]
+    assert whole["teacher"]["mean"] > 100 and whole["alpha"] is None  # the middle zoo policy, learned α
+    assert os.path.exists(tmp_path / "parts" / name / "curve.png")
+
+
+def test_ls_with_a_fixed_alpha_runs(tmp_path):
+    results = run(tmp_path, method="ls", alpha=0.25, total_env_steps=2000)
+    assert results["alpha"] == 0.25 and all(e["alpha"] == 0.25 for e in results["evaluations"])
+
+
+@pytest.mark.parametrize(
+    "teacher,message", [("missing.pt2", "not found"), ("zoo/cheetah_run/late.pt2", "cannot act")]
+)
+def test_bad_teacher_is_refused_with_one_line(tmp_path, teacher, message):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "dime_finetune.py",
+            "--env-id",
+            "cartpole_swingup",
+            "--teacher",
+            teacher,
+            "--output-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --teacher") and message in result.stderr
+    assert not os.listdir(tmp_path)
