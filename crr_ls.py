@@ -496,11 +496,7 @@ def save_checkpoint(run_dir, args, agent, optimizers, gen, state) -> None:
     Parameters that are no longer finite are never written over the last good checkpoint."""
     if not all(torch.isfinite(p).all() for p in agent.parameters()):
         diverged("parameters", state["learner_steps"], run_dir)
-    ckpt = {
-        "script": os.path.basename(__file__),
-        "args": dataclasses.asdict(args),
-        "agent": agent.state_dict(),
-    }
+    ckpt = dict(script=os.path.basename(__file__), args=dataclasses.asdict(args), agent=agent.state_dict())
     ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
     ckpt.update(state=state, rng=gen.get_state())
     atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
@@ -524,9 +520,8 @@ def load_checkpoint(args: Args) -> dict:
         if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
             flag = "--" + name.replace("_", "-")
             fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
-    changed = {
-        k: getattr(args, k) for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))
-    }
+    changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
+    changed = {k: getattr(args, k) for k in changed}
     ckpt["args"] = Args(**{**saved, **changed})
     return ckpt
 

@@ -267,15 +267,12 @@ class Agent(nn.Module):
         self.critic, self.target_critic = (Critic(critic_in, args.num_atoms, hidden) for _ in range(2))
         # Duals live in log space behind softplus (Acme): temperatures η_1, η_2 (ls: one), α_μ, α_σ.
         num_temperatures = 2 if args.method == "dime" else 1
-        self.log_temperature = nn.Parameter(
-            torch.full((num_temperatures,), inv_softplus(args.init_temperature))
-        )
+        eta = torch.full((num_temperatures,), inv_softplus(args.init_temperature))
+        self.log_temperature = nn.Parameter(eta)
         self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
         self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
-        x0 = (
-            math.log(args.alpha / (1 - args.alpha)) if 0 < args.alpha < 1 else 0.0
-        )  # logit(α), used if learned
-        self.tradeoff_logit = nn.Parameter(torch.tensor(x0))
+        logit = math.log(args.alpha / (1 - args.alpha)) if 0 < args.alpha < 1 else 0.0  # used if learned
+        self.tradeoff_logit = nn.Parameter(torch.tensor(logit))
         self.update_targets()
 
     @torch.no_grad()
@@ -290,14 +287,13 @@ class Agent(nn.Module):
 
 def make_optimizers(agent: Agent, args: Args) -> dict:
     """One optimiser per parameter group: policy, critic, duals, and the learned trade-off."""
-    adamw = {
-        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=0.0) for n in NETWORKS
+    optimizers = {
+        n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=0) for n in NETWORKS
     }
-    duals = {"duals": torch.optim.Adam(agent.duals(), args.dual_lr)}
-    tradeoff = (
-        {"tradeoff": torch.optim.Adam([agent.tradeoff_logit], args.dual_lr)} if args.learn_alpha else {}
-    )
-    return {**adamw, **duals, **tradeoff}
+    optimizers["duals"] = torch.optim.Adam(agent.duals(), args.dual_lr)
+    if args.learn_alpha:
+        optimizers["tradeoff"] = torch.optim.Adam([agent.tradeoff_logit], args.dual_lr)
+    return optimizers
 
 
 def compile_networks(agent: Agent) -> None:
@@ -524,9 +520,8 @@ def main(args: Args) -> dict:
     if args.return_threshold is None:  # c = mean per-step reward / (1 - γ), from the teacher's returns
         per_step = np.mean(state["teacher_returns"]) / 1000  # control-suite episodes last 1000 steps
         args = dataclasses.replace(args, return_threshold=float(per_step / (1 - args.gamma)))
-    print(
-        f"teacher: return {np.mean(state['teacher_returns']):.1f}; threshold c = {args.return_threshold:.1f}"
-    )
+    teacher_return = np.mean(state["teacher_returns"])
+    print(f"teacher: return {teacher_return:.1f}; threshold c = {args.return_threshold:.1f}")
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
@@ -721,11 +716,7 @@ def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> Non
     counters. Parameters that are no longer finite are never written over the last good checkpoint."""
     if not all(torch.isfinite(p).all() for p in agent.parameters()):
         diverged("parameters", state["learner_steps"], run_dir)
-    ckpt = {
-        "script": os.path.basename(__file__),
-        "args": dataclasses.asdict(args),
-        "agent": agent.state_dict(),
-    }
+    ckpt = dict(script=os.path.basename(__file__), args=dataclasses.asdict(args), agent=agent.state_dict())
     ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
     ckpt.update(state=state, rng=gen.get_state(), replay=replay.state_dict())
     atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
@@ -749,9 +740,8 @@ def load_checkpoint(args: Args) -> dict:
         if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
             flag = "--" + name.replace("_", "-")
             fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
-    changed = {
-        k: getattr(args, k) for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))
-    }
+    changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
+    changed = {k: getattr(args, k) for k in changed}
     ckpt["args"] = Args(**{**saved, **changed})
     return ckpt
 
