@@ -21,7 +21,9 @@ Decisions the paper leaves open (docs/dime_bc.md, "Implementation details"):
 Shape letters: B batch, N sampled actions per state, D action dims, S observation dims, I atoms.
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -82,9 +84,11 @@ class Args:
 
     # Algorithm specific arguments
     env_id: str = "cheetah_run"
-    """control-suite task <domain>_<task> used for evaluation (and to build the zoo dataset)"""
+    """control-suite task <domain>_<task> (builds the zoo dataset) or a gymnasium id, e.g. FrankaKitchen-v1"""
+    env_kwargs: str | None = None
+    """gymnasium.make keyword arguments (JSON) for a gymnasium --env-id; default: the Minari dataset's own"""
     dataset: str = "zoo"
-    """'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari or RL Unplugged directory"""
+    """'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari id or directory, or RLU shards"""
     alpha: float | None = None
     """(required) trade-off in [0, 1]: weight of the BC objective (eq. 11); paper: 0.45"""
     total_steps: int = 1_000_000
@@ -155,11 +159,18 @@ def check_args(args: Args) -> None:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
     if not args.v_min < args.v_max:
         fail(f"--v-min {args.v_min} must be below --v-max {args.v_max}")
+    try:
+        kwargs = json.loads(args.env_kwargs or "{}")
+    except ValueError:
+        kwargs = None
+    if not isinstance(kwargs, dict):
+        fail(f"--env-kwargs {args.env_kwargs!r} is not a JSON object; write it as '{{\"key\": value}}'")
 
 
 # ==== 2. Environment and dataset ==========================================================================
-def make_envs(env_id: str, num_envs: int):
-    """Control-suite envs (shimmy) stepped in lockstep, observations flattened in alphabetical key order."""
+def gymnasium_id(env_id: str) -> str:
+    """The gymnasium id of --env-id: a control-suite task <domain>_<task> through shimmy, or any registered
+    id (gymnasium-robotics' FrankaKitchen-v1 and AntMaze_* included); an unknown one fails in one line."""
     import gymnasium as gym
     import shimmy
     from dm_control import suite
@@ -167,15 +178,43 @@ def make_envs(env_id: str, num_envs: int):
     gym.register_envs(shimmy)
     tasks = {f"{d}_{t}": f"dm_control/{d}-{t}-v0" for d, t in suite.ALL_TASKS}
     if env_id not in tasks:
-        fail(f"--env-id {env_id!r} is unknown; use a control-suite task <domain>_<task> such as cheetah_run")
-    thunks = [lambda: gym.wrappers.FlattenObservation(gym.make(tasks[env_id])) for _ in range(num_envs)]
-    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        with contextlib.redirect_stderr(io.StringIO()):  # its import prints a notice on old Adroit envs
+            import gymnasium_robotics
+        gym.register_envs(gymnasium_robotics)
+    if env_id not in tasks and env_id not in gym.registry:
+        fail(
+            f"--env-id {env_id!r} is unknown; use a control-suite task such as cheetah_run or a gymnasium id"
+        )
+    return tasks.get(env_id, env_id)
 
 
-def load_data(args: Args, obs_dim: int, act_dim: int, device) -> tuple[dict, dict]:
-    """The dataset as n-step transitions on the device (SPEC §4, §7), and its summary for results.json."""
+def make_envs(env_id: str, num_envs: int, env_kwargs: str | None = None):
+    """Envs stepped in lockstep, observations flattened in alphabetical key order, made with --env-kwargs."""
+    import gymnasium as gym
+
+    name, kwargs = gymnasium_id(env_id), json.loads(env_kwargs or "{}")
+    make = lambda: gym.wrappers.FlattenObservation(gym.make(name, **kwargs))
+    try:
+        return gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    except TypeError as e:  # a keyword the env does not take
+        fail(f"--env-kwargs {env_kwargs} do not fit {env_id} ({e}); fix or drop --env-kwargs")
+
+
+def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
+    """The dataset as n-step transitions on the device (SPEC §4, §7), and its summary for results.json.
+    A Minari dataset names the env it was recorded on: that env, with its recorded kwargs, is evaluated."""
+    gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
     try:
         ds = load_dataset(args.dataset, args.env_id, seed=0)
+        if ds.env_spec and ds.env_spec["id"] != args.env_id:
+            raise DatasetError(
+                f"{ds.source} was recorded on {ds.env_spec['id']}; pass --env-id {ds.env_spec['id']}"
+            )
+        if ds.env_spec and args.env_kwargs is None:
+            spec = ds.env_spec
+            args.env_kwargs = json.dumps({**spec["kwargs"], "max_episode_steps": spec["max_episode_steps"]})
+        envs = make_envs(args.env_id, 1, args.env_kwargs)
+        (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
         check_env(ds, args.env_id, obs_dim, act_dim)
         data = nstep_transitions(ds, args.n_step, args.gamma)
     except DatasetError as e:
@@ -184,7 +223,7 @@ def load_data(args: Args, obs_dim: int, act_dim: int, device) -> tuple[dict, dic
     print(f"dataset {info['source']}: {info['episodes']} episodes, {info['transitions']} transitions")
     data = {k: torch.as_tensor(v, device=device) for k, v in data.items()}
     summary = {k: info[k] for k in ("source", "transitions", "episodes", "return_min", "return_max")}
-    return data, summary
+    return data, summary, (obs_dim, act_dim)
 
 
 # ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
@@ -418,9 +457,7 @@ def main(args: Args) -> dict:
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
     gen = torch.Generator(device).manual_seed(args.seed)
-    envs = make_envs(args.env_id, 1)
-    (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
-    data, dataset_info = load_data(args, obs_dim, act_dim, device)
+    data, dataset_info, (obs_dim, act_dim) = load_data(args, device)
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
@@ -478,28 +515,46 @@ def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir:
 
 
 # ==== 10. Evaluation ======================================================================================
+def d4rl_score(info: dict) -> np.ndarray | None:
+    """D4RL's metric of each env after a step (App. D.2, Table 5), None for other envs: Franka Kitchen's
+    sub-tasks completed so far (0-4), Ant Maze's goal reached (its mean over episodes: the success rate)."""
+    if "episode_task_completions" in info:
+        return np.array([len(done) for done in info["episode_task_completions"]], float)
+    if "success" in info:
+        return info["success"].astype(float)
+    return None
+
+
 @torch.no_grad()
-def evaluate(agent: Agent, args: Args, step: int, device) -> np.ndarray:
-    """Per-episode returns of the policy mean (clipped to [-1, 1]); reset seeds derive from (seed, step)."""
-    envs = make_envs(args.env_id, args.eval_episodes)
-    seeds = np.random.SeedSequence([args.seed, step]).generate_state(args.eval_episodes)
-    obs, _ = envs.reset(seed=[int(s) for s in seeds])
-    returns, alive = np.zeros(args.eval_episodes), np.ones(args.eval_episodes, bool)
+def evaluate(agent: Agent, args: Args, step: int, device) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-episode returns of the policy mean (clipped to [-1, 1]), and D4RL scores where the env has them
+    (the best seen during the episode); reset seeds derive from (seed, step)."""
+    n = args.eval_episodes
+    envs = make_envs(args.env_id, n, args.env_kwargs)
+    obs, _ = envs.reset(seed=[int(s) for s in np.random.SeedSequence([args.seed, step]).generate_state(n)])
+    returns, scores, alive, scored = np.zeros(n), np.zeros(n), np.ones(n, bool), False
     while alive.any():
         actions = agent.policy(torch.as_tensor(obs, dtype=torch.float32, device=device))[0]
-        obs, reward, terminated, truncated, _ = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
+        obs, reward, terminated, truncated, info = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
         returns += reward * alive
+        if (score := d4rl_score(info)) is not None:
+            scores, scored = np.where(alive, np.maximum(scores, score), scores), True
         alive &= ~(terminated | truncated)
     envs.close()
-    return returns
+    return returns, scores if scored else None
 
 
 def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
     step = state["learner_steps"]
-    returns = evaluate(agent, args, step, device)
+    returns, scores = evaluate(agent, args, step, device)
     record = {"step": step, "alpha": args.alpha, "returns": returns.tolist(), "mean": float(returns.mean())}
+    line = f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
+    if scores is not None:
+        record.update(d4rl_scores=scores.tolist(), d4rl_score=float(scores.mean()))
+        line += f", D4RL score {scores.mean():.2f}"
+        writer.add_scalar("eval/d4rl_score", scores.mean(), step)
     state["evaluations"].append(record)
-    progress.write(f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}")
+    progress.write(line)
     writer.add_scalar("eval/episodic_return", returns.mean(), step)
 
 
@@ -509,6 +564,8 @@ def write_results(args: Args, state: dict, run_dir: str, dataset_info: dict) -> 
     results = {"algo": os.path.basename(__file__)[:-3], "env_id": args.env_id, "seed": args.seed}
     results.update(dataset=dataset_info, alpha=args.alpha, evaluations=state["evaluations"])
     results["final"] = {"alpha": args.alpha, "mean": last["mean"], "std": float(np.std(last["returns"]))}
+    if "d4rl_score" in last:
+        results["final"]["d4rl_score"] = last["d4rl_score"]
     results.update(learner_steps=state["learner_steps"], wall_time_s=state["wall_time"])
     results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
     results["args"] = dataclasses.asdict(args)

@@ -10,7 +10,11 @@ Sources (`load_dataset(spec, env_id)`; `spec` is what the scripts' `--dataset` r
                  uniform-random episodes; built once and cached as HDF5 under $DIME_DATA or ~/.cache/dime-rl
   *.hdf5 / *.h5  project or D4RL HDF5: observations, actions, rewards, terminals (bool or float), optional
                  timeouts and next_observations; infos/* and other keys are ignored
-  a directory    Minari (`data/main_data.hdf5`, groups episode_<i> with T+1 observations) or RL Unplugged
+  a Minari id   e.g. D4RL/kitchen/complete-v2: the dataset directory under $MINARI_DATASETS_PATH or
+                 ~/.minari/datasets (download it with Minari's own CLI: `minari download <id>`)
+  a directory    Minari (`data/main_data.hdf5`, groups episode_<i> with T+1 observations; the env it was
+                 recorded on, from data/metadata.json or the file's attributes, rides along as `env_spec`)
+                 or RL Unplugged
                  control-suite shards (gzip TFRecord of tf.train.Example, read without TensorFlow, CRC
                  checked): the episodic layout (dm_control_suite_episodes/<task>/train-*) or the 2-step
                  layout (dm_control_suite/<task>/train-*, 1-step transitions only); shards are converted
@@ -31,6 +35,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import struct
 import sys
 import time
@@ -43,6 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMAT_VERSION = 1  # bump to invalidate cached zoo datasets and conversions
 RLU_BUCKET = "https://storage.googleapis.com/rl_unplugged"
 RLU_SHARDS = 100
+MINARI_ID = re.compile(r"(?:[\w.-]+/)+[\w.-]+-v\d+")  # (namespace/)(env_name/)name-v<version>
 
 
 class DatasetError(Exception):
@@ -69,6 +75,7 @@ class Dataset:
     obs_keys: list = field(default_factory=list)  # [[key, dims], ...] in flattening order
     source: str = ""
     one_step_only: bool = False  # 2-step RL Unplugged transitions: episodes unknown, n-step impossible
+    env_spec: dict | None = None  # Minari: the gymnasium env to evaluate in, {id, max_episode_steps, kwargs}
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -303,11 +310,43 @@ def flatten_group(node) -> tuple[np.ndarray, list]:
     return np.concatenate(parts, axis=1), keys
 
 
+def minari_metadata(directory: str, h5) -> dict:
+    """Minari ≥ 0.5 keeps its metadata in data/metadata.json, older versions in the HDF5 file's attributes."""
+    path = os.path.join(directory, "data", "metadata.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return dict(h5.attrs)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path} is not readable JSON ({e}); download the dataset again") from None
+
+
+def minari_env_spec(metadata: dict) -> dict | None:
+    """The env to evaluate in: Minari's eval_env_spec, else the env_spec it recorded (a gymnasium EnvSpec
+    as JSON), reduced to what `gymnasium.make` needs."""
+    raw = metadata.get("eval_env_spec") or metadata.get("env_spec")
+    if not raw:
+        return None
+    spec = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    return {
+        "id": spec["id"],
+        "max_episode_steps": spec.get("max_episode_steps"),
+        "kwargs": spec.get("kwargs", {}),
+    }
+
+
 def load_minari(directory: str) -> Dataset:
     """A Minari dataset directory: `data/main_data.hdf5` with one `episode_<i>` group per episode."""
     path = os.path.join(directory, "data", "main_data.hdf5")
     columns = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminals", "timeouts")}
+    if not os.path.exists(path) and os.path.exists(os.path.join(directory, "data", "metadata.json")):
+        raise DatasetError(
+            f"{directory} is stored in Minari's arrow format, which this loader does not read; "
+            "convert it to Minari's hdf5 format"
+        )
     with open_hdf5(path) as h5:
+        metadata = minari_metadata(directory, h5)
         names = sorted((k for k in h5.keys() if k.startswith("episode_")), key=lambda k: int(k.split("_")[1]))
         if not names:
             raise DatasetError(f"{path} has no episode_<i> groups; is it a Minari dataset?")
@@ -331,8 +370,16 @@ def load_minari(directory: str) -> Dataset:
             columns["rewards"].append(rewards)
             columns["terminals"].append(terminations.astype(bool))
             columns["timeouts"].append(truncations.astype(bool) | truncated_at_last_row(terminations))
-        env_id = json.loads(h5.attrs["env_spec"]).get("id") if "env_spec" in h5.attrs else None
-    return from_episodes(columns, env_id=env_id, obs_keys=obs_keys, source=directory)
+    spec = minari_env_spec(metadata)
+    meta = dict(env_id=spec and spec["id"], env_spec=spec, obs_keys=obs_keys, source=directory)
+    return from_episodes(columns, **meta)
+
+
+def minari_root() -> str:
+    """Where Minari keeps its datasets (its own rule: $MINARI_DATASETS_PATH, else ~/.minari/datasets)."""
+    return os.environ.get("MINARI_DATASETS_PATH") or os.path.join(
+        os.path.expanduser("~"), ".minari", "datasets"
+    )
 
 
 # ------------------------------------------------------------------------- RL Unplugged TFRecord shards
@@ -683,13 +730,22 @@ def load_zoo(
 
 # ------------------------------------------------------------------------------------------ dispatcher
 def load_dataset(spec: str, env_id: str | None = None, seed: int = 0) -> Dataset:
-    """`--dataset` → Dataset: 'zoo', an .hdf5/.h5 file, a Minari directory, or RL Unplugged shards."""
+    """`--dataset` → Dataset: 'zoo', an .hdf5/.h5 file, a Minari id or directory, or RL Unplugged shards."""
     if spec == "zoo":
         if env_id is None:
             raise DatasetError("the zoo dataset needs an env id; pass --env-id")
         return load_zoo(env_id, seed=seed)
+    if not os.path.exists(spec) and MINARI_ID.fullmatch(spec):  # a Minari dataset id
+        if not os.path.isdir(os.path.join(minari_root(), spec)):
+            raise DatasetError(
+                f"Minari dataset {spec} is not in {minari_root()}; download it with "
+                f"`pip install minari && minari download {spec}` (or set MINARI_DATASETS_PATH)"
+            )
+        spec = os.path.join(minari_root(), spec)
     if not os.path.exists(spec):
-        raise DatasetError(f"dataset {spec} not found; pass 'zoo', an .hdf5 file, a Minari or RLU directory")
+        raise DatasetError(
+            f"dataset {spec} not found; pass 'zoo', an .hdf5 file, a Minari id or directory, or RLU shards"
+        )
     if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "data", "main_data.hdf5")):
         return load_minari(spec)
     if spec.endswith((".hdf5", ".h5")):
