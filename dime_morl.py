@@ -79,8 +79,7 @@ class Args:
     capture_video: bool = False
     """save the first episode of every evaluation as a GIF under <run>/videos (needs EGL rendering)"""
     save_model: bool = False
-    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end and to
-    <run>/policies/step_<learner step>.pt2 at every evaluation"""
+    """export the policy (torch.export) to <run>/policy.pt2 and, at evaluations, <run>/policies/step_N.pt2"""
     checkpoint_every: int = 50_000
     """write <run>/checkpoint.pt every this many learner steps (at the next round boundary); 0 = never"""
     resume: str | None = None
