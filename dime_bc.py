@@ -159,12 +159,6 @@ def check_args(args: Args) -> None:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
     if not args.v_min < args.v_max:
         fail(f"--v-min {args.v_min} must be below --v-max {args.v_max}")
-    try:
-        kwargs = json.loads(args.env_kwargs or "{}")
-    except ValueError:
-        kwargs = None
-    if not isinstance(kwargs, dict):
-        fail(f"--env-kwargs {args.env_kwargs!r} is not a JSON object; write it as '{{\"key\": value}}'")
 
 
 # ==== 2. Environment and dataset ==========================================================================
@@ -182,9 +176,7 @@ def gymnasium_id(env_id: str) -> str:
             import gymnasium_robotics
         gym.register_envs(gymnasium_robotics)
     if env_id not in tasks and env_id not in gym.registry:
-        fail(
-            f"--env-id {env_id!r} is unknown; use a control-suite task such as cheetah_run or a gymnasium id"
-        )
+        fail(f"--env-id {env_id!r} is unknown; pass a control-suite task (cheetah_run) or a gymnasium id")
     return tasks.get(env_id, env_id)
 
 
@@ -192,12 +184,13 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: str | None = None):
     """Envs stepped in lockstep, observations flattened in alphabetical key order, made with --env-kwargs."""
     import gymnasium as gym
 
-    name, kwargs = gymnasium_id(env_id), json.loads(env_kwargs or "{}")
-    make = lambda: gym.wrappers.FlattenObservation(gym.make(name, **kwargs))
+    name = gymnasium_id(env_id)
     try:
+        kwargs = json.loads(env_kwargs or "{}")
+        make = lambda: gym.wrappers.FlattenObservation(gym.make(name, **kwargs))
         return gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    except TypeError as e:  # a keyword the env does not take
-        fail(f"--env-kwargs {env_kwargs} do not fit {env_id} ({e}); fix or drop --env-kwargs")
+    except (ValueError, TypeError) as e:  # not JSON, not an object, or a keyword the env does not take
+        fail(f"--env-kwargs {env_kwargs} do not fit {env_id} ({e}); pass a JSON object of make() keywords")
 
 
 def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
@@ -206,12 +199,10 @@ def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
     gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
     try:
         ds = load_dataset(args.dataset, args.env_id, seed=0)
-        if ds.env_spec and ds.env_spec["id"] != args.env_id:
-            raise DatasetError(
-                f"{ds.source} was recorded on {ds.env_spec['id']}; pass --env-id {ds.env_spec['id']}"
-            )
-        if ds.env_spec and args.env_kwargs is None:
-            spec = ds.env_spec
+        spec = ds.env_spec
+        if spec and spec["id"] != args.env_id:
+            raise DatasetError(f"{ds.source} was recorded on {spec['id']}; pass --env-id {spec['id']}")
+        if spec and args.env_kwargs is None:
             args.env_kwargs = json.dumps({**spec["kwargs"], "max_episode_steps": spec["max_episode_steps"]})
         envs = make_envs(args.env_id, 1, args.env_kwargs)
         (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape

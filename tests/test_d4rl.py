@@ -1,5 +1,5 @@
-"""D4RL tasks through Minari: Franka Kitchen and Ant Maze datasets in Minari's layout, made here by rolling out
-the real gymnasium-robotics envs, load, train and evaluate with the D4RL metric; missing ids fail clearly."""
+"""D4RL tasks through Minari: Franka Kitchen and Ant Maze datasets in Minari's layout, made here by rolling
+out the real gymnasium-robotics envs, load, train and evaluate with the D4RL metric; bad input fails."""
 
 import contextlib
 import copy
@@ -22,7 +22,10 @@ with contextlib.redirect_stderr(io.StringIO()):
 
 gym.register_envs(gymnasium_robotics)
 
-KITCHEN = ("FrankaKitchen-v1", {"tasks_to_complete": ["microwave", "kettle", "light switch", "slide cabinet"]})
+KITCHEN = (
+    "FrankaKitchen-v1",
+    {"tasks_to_complete": ["microwave", "kettle", "light switch", "slide cabinet"]},
+)
 ANTMAZE = ("AntMaze_UMaze-v5", {"continuing_task": True, "reset_target": False})
 TINY = dict(hidden_sizes=(16,), batch_size=8, num_samples=3, total_steps=4, eval_every=2, eval_episodes=2)
 TINY.update(checkpoint_every=0, log_every=2)
@@ -196,7 +199,10 @@ def test_bad_d4rl_input_is_one_clear_line(dataset, env_id, message, kitchen, tmp
 
 
 def test_bad_env_kwargs_are_one_clear_line(kitchen, tmp_path, capsys):
-    for env_kwargs, message in [("{bad", "is not a JSON object"), ('{"foo": 1}', "do not fit FrankaKitchen-v1")]:
+    for env_kwargs, message in [
+        ("{bad", "do not fit FrankaKitchen-v1"),
+        ('{"foo": 1}', "do not fit FrankaKitchen-v1"),
+    ]:
         with pytest.raises(SystemExit):
             run("crr_ls", kitchen[0], "FrankaKitchen-v1", tmp_path, env_kwargs=env_kwargs)
         err = capsys.readouterr().err.strip()
