@@ -27,7 +27,7 @@ def jobs(opts) -> list[dict]:
     out = []
     for task in opts.tasks:
         for seed in opts.seeds:
-            for tradeoff in TRADEOFFS:
+            for tradeoff in opts.tradeoffs:
                 name = f"{task}_{opts.method}_{tradeoff}_s{seed}"
                 alpha = "--alpha 0.5 --learn-alpha" if tradeoff == "learned" else f"--alpha {tradeoff}"
                 flags = f"--env-id {task} --method {opts.method} {alpha} --seed {seed} --total-env-steps "
@@ -70,7 +70,7 @@ def plot(opts, todo: list[dict]) -> dict:
     finals = {}
     for col, task in enumerate(opts.tasks):
         ax, ax_alpha = axes[0][col], axes[1][col]
-        for tradeoff in TRADEOFFS:
+        for tradeoff in opts.tradeoffs:
             runs = [
                 r
                 for j in todo
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["cartpole_swingup", "cheetah_run"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--method", choices=["dime", "ls"], default="dime")
+    parser.add_argument("--tradeoffs", nargs="+", choices=TRADEOFFS, default=TRADEOFFS, help="α of the runs")
     parser.add_argument("--env-steps", type=int, default=200_000, help="environment steps per run")
     parser.add_argument("--eval-every", type=int, default=5_000, help="learner steps between evaluations")
     parser.add_argument("--preset", default=PRESET, help="network and batch flags of every run")
@@ -112,11 +113,14 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "finetune_curves"))
     parser.add_argument("--figure", default=os.path.join(ROOT, "docs", "figures", "finetune_curves.png"))
     parser.add_argument("--json", default=os.path.join(ROOT, "docs", "figures", "finetune_curves.json"))
+    parser.add_argument("--plot-only", action="store_true", help="plot the finished runs, start none")
     opts = parser.parse_args()
     todo = jobs(opts)
-    print(f"{len(todo)} runs, {opts.workers} at a time", flush=True)
-    with ThreadPoolExecutor(opts.workers) as pool:
-        list(pool.map(lambda job: run(job, opts), todo))
+    if not opts.plot_only:
+        print(f"{len(todo)} runs, {opts.workers} at a time", flush=True)
+        with ThreadPoolExecutor(opts.workers) as pool:
+            list(pool.map(lambda job: run(job, opts), todo))
+    todo = [j for j in todo if results_of(j, opts)]
     finals = plot(opts, todo)
     with open(opts.json, "w") as f:
         json.dump({"final_returns": finals, "commands": [j["command"] for j in todo]}, f, indent=1)
