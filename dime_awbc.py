@@ -543,6 +543,8 @@ def evaluate(agent: Agent, args: Args, step: int, device) -> tuple[np.ndarray, n
 
 def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
     step = state["learner_steps"]
+    if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
+        diverged("policy parameters", step, writer.get_logdir())
     returns, scores = evaluate(agent, args, step, device)
     record = {"step": step, "alpha": args.alpha, "returns": returns.tolist(), "mean": float(returns.mean())}
     line = f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
@@ -652,10 +654,11 @@ def load_checkpoint(args: Args) -> dict:
     def norm(value):
         return list(value) if isinstance(value, tuple) else value
 
-    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
-        value, old = norm(getattr(args, name)), norm(saved[name])
-        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
-            flag = "--" + name.replace("_", "-")
+    typed = {a.split("=")[0] for a in sys.argv[1:]}  # on the command line, even at the default value
+    for name in saved:  # a flag given now must agree with the checkpoint's
+        value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
+        given = flag in typed or value != norm(getattr(defaults, name))
+        if name not in RESUME_OVERRIDES and given and value != old:
             fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
     changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
     changed = {k: getattr(args, k) for k in changed}

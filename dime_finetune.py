@@ -204,12 +204,16 @@ def load_teacher(args: Args, obs_dim: int, act_dim: int, device):
             fail(f"no middle zoo policy for {args.env_id}; pass --teacher PATH (an exported policy .pt2)")
         path = os.path.join(ROOT, entries[0]["file"])
     if not os.path.isfile(path):
-        fail(f"--teacher {path} not found; pass an exported policy (.pt2), e.g. from zoo/")
+        problem = "is a directory" if os.path.isdir(path) else "not found"
+        fail(f"--teacher {path} {problem}; pass an exported policy (.pt2), e.g. from zoo/")
     logging.getLogger("torch.export").setLevel(logging.ERROR)  # its own report of a bad file: ours is below
     try:
         teacher = torch.export.load(path).module().to(device)
+    except Exception as e:  # truncated, or not a torch.export file
+        fail(f"--teacher {path} is not a readable exported policy ({type(e).__name__}); pass one, e.g. zoo/")
+    try:
         mean, stddev = teacher(torch.zeros(2, obs_dim, device=device))
-    except Exception as e:  # unreadable file, or a policy for other observation sizes
+    except Exception as e:  # a policy for other observation sizes
         what = f"cannot act on {args.env_id}'s {obs_dim}-dim observations ({type(e).__name__})"
         fail(f"--teacher {path} {what}; pass a policy exported for {args.env_id}")
     if mean.shape != (2, act_dim) or stddev.shape != (2, act_dim):
@@ -575,7 +579,10 @@ def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, 
         with torch.no_grad():
             mean, stddev = agent.policy(obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
-        next_obs, reward, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+        executed = actions.cpu().numpy()
+        if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
+            diverged("actions", state["learner_steps"], writer.get_logdir())
+        next_obs, reward, terminated, truncated, _ = envs.step(executed)
         done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
         rewards = torch.as_tensor(reward, dtype=torch.float32, device=device)
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
@@ -626,6 +633,8 @@ def evaluate(policy, args: Args, round_idx: int, device, stream: int = 1) -> np.
 
 def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
     step, env_steps = state["learner_steps"], state["env_steps"]
+    if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
+        diverged("policy parameters", step, writer.get_logdir())
     returns = evaluate(agent.policy, args, state["round"], device)
     alpha = float(tradeoff(agent, args).detach())
     record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}
@@ -735,10 +744,11 @@ def load_checkpoint(args: Args) -> dict:
     def norm(value):
         return list(value) if isinstance(value, tuple) else value
 
-    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
-        value, old = norm(getattr(args, name)), norm(saved[name])
-        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
-            flag = "--" + name.replace("_", "-")
+    typed = {a.split("=")[0] for a in sys.argv[1:]}  # on the command line, even at the default value
+    for name in saved:  # a flag given now must agree with the checkpoint's
+        value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
+        given = flag in typed or value != norm(getattr(defaults, name))
+        if name not in RESUME_OVERRIDES and given and value != old:
             fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
     changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
     changed = {k: getattr(args, k) for k in changed}

@@ -646,7 +646,10 @@ def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, 
         with torch.no_grad():
             mean, stddev = agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
-        next_obs, reward, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+        executed = actions.cpu().numpy()
+        if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
+            diverged("actions", state["learner_steps"], writer.get_logdir())
+        next_obs, reward, terminated, truncated, _ = envs.step(executed)
         done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
         cost = -torch.linalg.vector_norm(actions, dim=-1) * args.cost_scale
         rewards = torch.stack([torch.as_tensor(reward, dtype=torch.float32, device=device), cost], -1)
@@ -718,6 +721,8 @@ def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, vid
 def evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, progress) -> None:
     """Evaluate every trade-off, append to the results, log eval/ tags (and snapshot the policy)."""
     step = state["learner_steps"]
+    if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
+        diverged("policy parameters", step, run_dir)
     if args.save_model:
         export_policy(agent, args, os.path.join(run_dir, "policies", f"step_{step}.pt2"))
     for alpha in eval_alphas:
@@ -861,10 +866,11 @@ def load_checkpoint(args: Args) -> dict:
     def norm(value):
         return list(value) if isinstance(value, tuple) else value
 
-    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
-        value, old = norm(getattr(args, name)), norm(saved[name])
-        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
-            flag = "--" + name.replace("_", "-")
+    typed = {a.split("=")[0] for a in sys.argv[1:]}  # on the command line, even at the default value
+    for name in saved:  # a flag given now must agree with the checkpoint's
+        value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
+        given = flag in typed or value != norm(getattr(defaults, name))
+        if name not in RESUME_OVERRIDES and given and value != old:
             fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
     changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
     overrides = {k: getattr(args, k) for k in changed}

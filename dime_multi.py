@@ -161,8 +161,10 @@ def diverged(what: str, step: int, run_dir: str) -> None:
 def check_args(args: Args) -> None:
     """Validate flags once, naming the flag, the value received and the fix."""
     low, high = args.alpha_range
-    if not 0.0 <= low <= high <= 1.0 or not all(0.0 <= a <= 1.0 for a in args.eval_alphas):
-        fail(f"--alpha-range {args.alpha_range} / --eval-alphas must lie in [0, 1], the range increasing")
+    if not 0.0 <= low <= high <= 1.0:
+        fail(f"--alpha-range {low} {high} is out of range; use two increasing values in [0, 1]")
+    if not all(0.0 <= a <= 1.0 for a in args.eval_alphas):
+        fail(f"--eval-alphas {' '.join(map(str, args.eval_alphas))} is out of range; use values in [0, 1]")
     for name in ("batch_size", "num_samples", "n_step", "num_atoms", "eval_episodes", "total_steps"):
         if getattr(args, name) < 1 + (name == "num_atoms"):
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
@@ -560,6 +562,8 @@ def evaluate(agent: Agent, args: Args, step: int, device) -> tuple[np.ndarray, n
 
 def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
     step = state["learner_steps"]
+    if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
+        diverged("policy parameters", step, writer.get_logdir())
     returns, scores = evaluate(agent, args, step, device)
     for i, alpha in enumerate(args.eval_alphas):
         record = {
@@ -681,10 +685,11 @@ def load_checkpoint(args: Args) -> dict:
     def norm(value):
         return list(value) if isinstance(value, tuple) else value
 
-    for name in saved:  # a flag given now (not at its default) must agree with the checkpoint's
-        value, old = norm(getattr(args, name)), norm(saved[name])
-        if name not in RESUME_OVERRIDES and value != norm(getattr(defaults, name)) and value != old:
-            flag = "--" + name.replace("_", "-")
+    typed = {a.split("=")[0] for a in sys.argv[1:]}  # on the command line, even at the default value
+    for name in saved:  # a flag given now must agree with the checkpoint's
+        value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
+        given = flag in typed or value != norm(getattr(defaults, name))
+        if name not in RESUME_OVERRIDES and given and value != old:
             fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
     changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
     changed = {k: getattr(args, k) for k in changed}

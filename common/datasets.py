@@ -209,6 +209,8 @@ def open_hdf5(path: str):
 
     if not os.path.exists(path):
         raise DatasetError(f"dataset file {path} not found; check the path or use --dataset zoo")
+    if os.path.isdir(path):
+        raise DatasetError(f"{path} is a directory, not an HDF5 file; pass the .hdf5 file inside it")
     try:
         return h5py.File(path, "r")
     except OSError as e:
