@@ -24,6 +24,19 @@ PRESETS = {  # name: (hidden sizes, batch size)
 }
 
 
+def seconds_per_step(step, steps: int, warmup: int, device) -> float:
+    """Mean wall time of `step()` over `steps` calls after `warmup` untimed ones (compilation, caches)."""
+    for _ in range(warmup):
+        stats = step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        stats = step()
+    stats["loss"].item()  # wait for the device
+    return (time.perf_counter() - start) / steps
+
+
 def time_morl_learner(
     preset, device, steps, num_samples=20, compile=False, bf16=False, obs_dim=17, act_dim=6
 ):
@@ -47,15 +60,8 @@ def time_morl_learner(
     replay.full = True
     atoms = dime_morl.critic_supports(args, act_dim).to(device)
     gen = torch.Generator(device).manual_seed(0)
-    warmup = 10 if compile else 5
-    for i in range(steps + warmup):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        stats = dime_morl.learner_step(agent, optimizers, replay, atoms, args, gen)
-    stats["loss"].item()  # wait for the device
-    return (time.perf_counter() - start) / steps
+    step = lambda: dime_morl.learner_step(agent, optimizers, replay, atoms, args, gen)
+    return seconds_per_step(step, steps, warmup=10 if compile else 5, device=device)
 
 
 def time_offline_learner(
@@ -77,15 +83,8 @@ def time_offline_learner(
     data["next_action_valid"] = torch.rand(size) > 0.005
     data = {k: v.to(device) for k, v in data.items()}
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
-    warmup = 10 if compile else 5
-    for i in range(steps + warmup):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        stats = module.learner_step(agent, optimizers, data, atoms, args, gen)
-    stats["loss"].item()  # wait for the device
-    return (time.perf_counter() - start) / steps
+    step = lambda: module.learner_step(agent, optimizers, data, atoms, args, gen)
+    return seconds_per_step(step, steps, warmup=10 if compile else 5, device=device)
 
 
 def time_actors(env_id: str, num_envs: int, steps: int) -> float:
