@@ -82,7 +82,7 @@ class Args:
     compile: bool = False
     """torch.compile the networks (faster learner steps after some seconds of compilation)"""
     bf16: bool = False
-    """run the target critic's forward pass (N + 1 actions per state) in bfloat16 autocast"""
+    """every forward and backward pass of the learner in bfloat16 autocast (fp32 weights, losses, C51)"""
 
     # Algorithm specific arguments
     env_id: str = "cheetah_run"
@@ -150,6 +150,16 @@ def fail(message: str) -> None:
 def diverged(what: str, step: int, run_dir: str) -> None:
     kept = f"the last good checkpoint is kept in {run_dir}"
     fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+
+
+def check_bf16(device: torch.device) -> None:
+    """--bf16 needs bfloat16: refused on a GPU without it; emulated (slower than fp32) with a notice on a CPU
+    without native bfloat16 matmuls (avx512_bf16 or AMX)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if device.type == "cpu" and not native:
+        print("notice: this CPU has no native bfloat16 matmuls; --bf16 runs slower than fp32")
 
 
 def check_args(args: Args) -> None:
@@ -243,9 +253,9 @@ class Policy(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.torso(obs)
-        stddev = F.softplus(self.stddev(h)) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
-        return self.mean(h), stddev
+        h = self.torso(obs)  # bfloat16 under --bf16 autocast: the heads' outputs are cast to fp32
+        stddev = F.softplus(self.stddev(h).float()) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
+        return self.mean(h).float(), stddev
 
 
 class Critic(nn.Module):
@@ -258,7 +268,7 @@ class Critic(nn.Module):
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs.expand(*actions.shape[:-1], -1), actions.clamp(-1.0, 1.0)], -1)
-        return self.head(self.torso(x))  # [..., I]
+        return self.head(self.torso(x)).float()  # [..., I], fp32 under --bf16 autocast
 
 
 class Agent(nn.Module):
@@ -411,18 +421,22 @@ def sample_batch(data: dict, batch_size: int, gen: torch.Generator) -> tuple[tor
 def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor, args: Args, gen) -> dict:
     """One gradient step on every parameter group; returns metric tensors (no host sync)."""
     obs, actions, returns, discounts, next_obs, next_actions, valid = sample_batch(data, args.batch_size, gen)
-    with torch.no_grad():  # N actions from the target policy π_i at s', and the dataset action a'
-        target_mean, target_stddev = agent.target_policy(next_obs)
-        noise = torch.randn(args.num_samples, *target_mean.shape, device=target_mean.device, generator=gen)
-        sampled = target_mean + target_stddev * noise  # [N, B, D]
-        candidates = torch.cat([sampled, next_actions[None]])  # [N + 1, B, D]
-        with torch.autocast(next_obs.device.type, torch.bfloat16, enabled=args.bf16):  # the largest matmuls
-            pmfs = agent.target_critic(next_obs, candidates).float().softmax(-1)  # [N + 1, B, I]
-        target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
-        q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
-    target = target_mean, target_stddev
-    loss, stats = policy_loss(agent, next_obs, next_actions, valid.float(), *target, sampled, q_values, args)
-    stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+    with torch.autocast(obs.device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
+        with torch.no_grad():  # N actions from the target policy π_i at s', and the dataset action a'
+            target_mean, target_stddev = agent.target_policy(next_obs)
+            noise = torch.randn(
+                args.num_samples, *target_mean.shape, device=target_mean.device, generator=gen
+            )
+            sampled = target_mean + target_stddev * noise  # [N, B, D]
+            candidates = torch.cat([sampled, next_actions[None]])  # [N + 1, B, D]
+            pmfs = agent.target_critic(next_obs, candidates).softmax(-1)  # [N + 1, B, I]
+            target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
+            q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
+        target = target_mean, target_stddev
+        loss, stats = policy_loss(
+            agent, next_obs, next_actions, valid.float(), *target, sampled, q_values, args
+        )
+        stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
     loss = loss + stats["losses/critic_loss"]
     stats["losses/q_mean"], stats["loss"] = q_values[:-1].mean(), loss.detach()
     for opt in optimizers.values():
@@ -451,6 +465,8 @@ def main(args: Args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
+    if args.bf16:
+        check_bf16(device)
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
     gen = torch.Generator(device).manual_seed(args.seed)

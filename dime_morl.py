@@ -52,6 +52,13 @@ MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMP
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
 EPSILON_PENALTY = 1e-3  # KL bound of the optional out-of-bounds action objective (Acme)
 BANDITS = ("schaffer", "fonseca_fleming")
+ENV_DEFAULTS = {  # the defaults that differ by environment (docs/dime_morl.md, "Implementation details")
+    "control": dict(
+        hidden_sizes=(1024,) * 5 + (512,), batch_size=512, epsilon_mean=1e-3, target_update_period=200
+    ),
+    # a bandit's 2000 learner steps reach the front only with a looser, faster-moving trust region (measured)
+    "bandit": dict(hidden_sizes=(64, 64), batch_size=16, epsilon_mean=0.01, target_update_period=10),
+}
 VIDEO_FRAME_SKIP = 4  # --capture-video keeps every 4th frame of the first evaluation episode
 RESUME_OVERRIDES = (  # flags a resumed run may change
     "total_steps total_env_steps checkpoint_every eval_every resume cuda track save_model "
@@ -91,7 +98,7 @@ class Args:
     compile: bool = False
     """torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)"""
     bf16: bool = False
-    """run the target critic's forward pass (N actions per state) in bfloat16 autocast"""
+    """every forward and backward pass of the learner in bfloat16 autocast (fp32 weights, losses, C51)"""
 
     # Algorithm specific arguments
     env_id: str = "fonseca_fleming"
@@ -120,10 +127,10 @@ class Args:
     """environment steps collected before the first learner step"""
     buffer_size: int = 1_000_000
     """replay capacity in transitions (Table 4: 1e6)"""
-    batch_size: int = 512
-    """transitions per learner step (Table 3)"""
-    hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
-    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
+    batch_size: int | None = None
+    """transitions per learner step; None: 512 (Table 3), 16 on bandits"""
+    hidden_sizes: tuple[int, ...] | None = None
+    """policy and critic hidden layers; None: 1024×5 512 (Table 3), 64 64 on bandits; CPU: 256 256 256"""
     num_samples: int = 20
     """N: actions sampled per state for the E-step and the C51 mixture target (Table 4: 20)"""
     n_step: int = 5
@@ -140,8 +147,8 @@ class Args:
     """atoms of each categorical critic (Table 3)"""
     epsilon: float = 0.1
     """ε_k: KL bound of each E-step (Table 3); mompo scales it by the trade-off"""
-    epsilon_mean: float = 1e-3
-    """ε_μ: M-step KL bound on the policy mean (Table 4, MORL)"""
+    epsilon_mean: float | None = None
+    """ε_μ: M-step KL bound on the policy mean; None: 1e-3 (Table 4, MORL), 0.01 on bandits"""
     epsilon_stddev: float = 1e-7
     """ε_σ: M-step KL bound on the policy stddev (Table 4, MORL)"""
     init_temperature: float = 10.0
@@ -158,8 +165,8 @@ class Args:
     """Adam learning rate of the dual variables (Table 3)"""
     weight_decay: float = 0.0
     """decoupled (AdamW) weight decay of policy and critic; 0 online"""
-    target_update_period: int = 200
-    """learner steps between hard copies into the target networks (Table 4, MORL)"""
+    target_update_period: int | None = None
+    """learner steps between hard copies into the target networks; None: 200 (Table 4, MORL), 10 on bandits"""
     grad_clip: float = 40.0
     """global gradient-norm clip of policy and critic"""
     eval_every: int = 10_000
@@ -168,6 +175,13 @@ class Args:
     """episodes per evaluation and trade-off (control tasks; bandits are deterministic)"""
     hv_reference: tuple[float, float] | None = None
     """hypervolume reference point (default: the worst return of each objective)"""
+
+    def __post_init__(self):
+        """Flags left unset take their environment's default (ENV_DEFAULTS)."""
+        defaults = ENV_DEFAULTS["bandit" if self.env_id in BANDITS else "control"]
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
 
 def fail(message: str) -> None:
@@ -179,6 +193,16 @@ def fail(message: str) -> None:
 def diverged(what: str, step: int, run_dir: str) -> None:
     kept = f"the last good checkpoint is kept in {run_dir}"
     fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+
+
+def check_bf16(device: torch.device) -> None:
+    """--bf16 needs bfloat16: refused on a GPU without it; emulated (slower than fp32) with a notice on a CPU
+    without native bfloat16 matmuls (avx512_bf16 or AMX)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if device.type == "cpu" and not native:
+        print("notice: this CPU has no native bfloat16 matmuls; --bf16 runs slower than fp32")
 
 
 def check_args(args: Args) -> None:
@@ -289,9 +313,9 @@ class Policy(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.torso(obs)
-        stddev = F.softplus(self.stddev(h)) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
-        return self.mean(h), stddev
+        h = self.torso(obs)  # bfloat16 under --bf16 autocast: the heads' outputs are cast to fp32
+        stddev = F.softplus(self.stddev(h).float()) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
+        return self.mean(h).float(), stddev
 
 
 class Critic(nn.Module):
@@ -305,7 +329,7 @@ class Critic(nn.Module):
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs.expand(*actions.shape[:-1], -1), actions.clamp(-1.0, 1.0)], -1)
-        return self.head(self.torso(x)).unflatten(-1, self.shape)  # [..., K, I]
+        return self.head(self.torso(x)).float().unflatten(-1, self.shape)  # [..., K, I], fp32
 
 
 class Agent(nn.Module):
@@ -525,22 +549,24 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
     tradeoff = tradeoff_vector(draw_alphas(args, args.batch_size, gen, device), bandit, args.method)  # [B, K]
     if args.multi:
         states = torch.cat([states, tradeoff], -1)
-    with torch.no_grad():  # N actions from the target policy π_i and their Q_k
-        target_mean, target_stddev = agent.target_policy(states)
-        noise = torch.randn(args.num_samples, *target_mean.shape, device=device, generator=gen)
-        sampled = target_mean + target_stddev * noise  # [N, B, D]
-        if bandit:
-            q_values = bandit_rewards(args.env_id, sampled)  # [N, B, K]
-        else:
-            with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):  # the largest matmuls
-                next_pmfs = agent.target_critic(states, sampled).float().softmax(-1)  # [N, B, K, I]
-            q_values = (next_pmfs * atoms).sum(-1)  # [N, B, K]
-            target_pmfs = c51_target(next_pmfs, returns, discounts, atoms)
-    loss, stats = policy_loss(agent, states, target_mean, target_stddev, sampled, q_values, tradeoff, args)
-    if not bandit:
-        obs = torch.cat([obs, tradeoff], -1) if args.multi else obs
-        stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
-        loss = loss + stats["losses/critic_loss"]
+    with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
+        with torch.no_grad():  # N actions from the target policy π_i and their Q_k
+            target_mean, target_stddev = agent.target_policy(states)
+            noise = torch.randn(args.num_samples, *target_mean.shape, device=device, generator=gen)
+            sampled = target_mean + target_stddev * noise  # [N, B, D]
+            if bandit:
+                q_values = bandit_rewards(args.env_id, sampled)  # [N, B, K]
+            else:
+                next_pmfs = agent.target_critic(states, sampled).softmax(-1)  # [N, B, K, I]
+                q_values = (next_pmfs * atoms).sum(-1)  # [N, B, K]
+                target_pmfs = c51_target(next_pmfs, returns, discounts, atoms)
+        loss, stats = policy_loss(
+            agent, states, target_mean, target_stddev, sampled, q_values, tradeoff, args
+        )
+        if not bandit:
+            obs = torch.cat([obs, tradeoff], -1) if args.multi else obs
+            stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+            loss = loss + stats["losses/critic_loss"]
     stats["losses/q_mean"], stats["loss"] = q_values.mean(), loss.detach()
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
@@ -568,6 +594,8 @@ def main(args: Args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
+    if args.bf16:
+        check_bf16(device)
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         preset = "--hidden-sizes 256 256 256 --batch-size 256"
         print(f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {preset}")
@@ -643,7 +671,7 @@ def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, 
     cond = tradeoff_vector(alphas, False, args.method)
     episode_return, done = torch.zeros(args.num_envs, 2, device=device), False
     while not done:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):  # --bf16
             mean, stddev = agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
         executed = actions.cpu().numpy()
@@ -861,7 +889,7 @@ def load_checkpoint(args: Args) -> dict:
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("script") != "dime_morl":
         fail(f"--resume {args.resume} was not written by dime_morl.py; pass one of its checkpoint.pt files")
-    saved, defaults = ckpt["args"], Args()
+    saved, defaults = ckpt["args"], Args(env_id=args.env_id)  # the defaults of the env given now
 
     def norm(value):
         return list(value) if isinstance(value, tuple) else value

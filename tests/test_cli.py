@@ -56,7 +56,7 @@ def readme_commands() -> list[list[str]]:
     text = open(os.path.join(ROOT, "README.md")).read()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     lines = [line.strip() for block in blocks for line in block.splitlines()]
-    return [shlex.split(line)[1:] for line in lines if re.match(r"python \w+\.py ", line)]
+    return [shlex.split(line, comments=True)[1:] for line in lines if re.match(r"python \w+\.py ", line)]
 
 
 def test_readme_commands_parse_with_the_scripts_flags():

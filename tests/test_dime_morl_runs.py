@@ -47,6 +47,37 @@ def strip_times(results: dict) -> dict:
     return json.loads(json.dumps(out))
 
 
+def test_bandit_defaults_reach_the_front(tmp_path):
+    """With no flag but the trade-off, Fonseca-Fleming runs converge (Fig. 1a): LS at α = 0.1 and α = 0.9 ends
+    at the two ends of the concave front (actions ±1), DiME at α = 0.5 inside it."""
+    actions = {}
+    for method, alpha in (("ls", 0.1), ("ls", 0.9), ("dime", 0.5)):
+        args = m.Args(
+            env_id="fonseca_fleming",
+            method=method,
+            alpha=alpha,
+            output_dir=str(tmp_path / method / str(alpha)),
+        )
+        assert (args.hidden_sizes, args.batch_size, args.target_update_period) == ((64, 64), 16, 10)
+        r1, _ = m.main(args)["final"]["mean"]  # rewards -f1, -f2 of the mean action
+        actions[method, alpha] = 1 - np.sqrt(-np.log(1 + r1))  # f1 = 1 - exp(-(a - 1)²), a ≤ 1 branch
+    assert actions["ls", 0.1] > 0.9 and actions["ls", 0.9] < -0.9, actions
+    assert -0.5 < actions["dime", 0.5] < 0.5, actions
+
+
+def test_control_defaults_are_the_papers():
+    args = m.Args(env_id="cartpole_swingup")
+    assert (args.hidden_sizes, args.batch_size, args.target_update_period, args.epsilon_mean) == (
+        (1024, 1024, 1024, 1024, 1024, 512),
+        512,
+        200,
+        1e-3,
+    )
+    assert (
+        m.Args(env_id="cartpole_swingup", batch_size=64, epsilon_mean=0.5).epsilon_mean == 0.5
+    )  # typed wins
+
+
 @pytest.mark.parametrize("method", ["dime", "ls", "mompo"])
 @pytest.mark.parametrize("env_id", ["schaffer", "fonseca_fleming"])
 def test_bandit_runs_and_moves_toward_the_weighted_objective(tmp_path, method, env_id):
