@@ -671,7 +671,7 @@ def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, 
     cond = tradeoff_vector(alphas, False, args.method)
     episode_return, done = torch.zeros(args.num_envs, 2, device=device), False
     while not done:
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):  # --bf16
+        with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
             mean, stddev = agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
         executed = actions.cpu().numpy()

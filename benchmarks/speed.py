@@ -151,7 +151,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
     print(f"device: {device} ({where}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    head = f"{'script':<11}{'preset':<7}{'hidden':<30}{'batch':>6}{'N':>4}  {'mode':<13}"
+    head = f"{'script':<14}{'preset':<7}{'hidden':<30}{'batch':>6}{'N':>4}  {'mode':<13}"
     print(f"{head}{'ms/step':>9}{'steps/s':>9}")
     for script in opts.scripts:
         for preset in opts.presets:
@@ -166,7 +166,7 @@ def main() -> None:
                     sec = time_offline_learner(script, preset, device, steps, num_samples, compile, bf16)
                 hidden, batch = PRESETS[preset]
                 mode = ("compile " if compile else "") + ("bf16" if bf16 else "") or "eager"
-                row = f"{script:<11}{preset:<7}{str(hidden):<30}{batch:>6}{num_samples:>4}  {mode:<13}"
+                row = f"{script:<14}{preset:<7}{str(hidden):<30}{batch:>6}{num_samples:>4}  {mode:<13}"
                 print(f"{row}{sec * 1e3:>9.1f}{1 / sec:>9.1f}", flush=True)
     actors = {"random actions": (False, False), "policy fp32": (True, False), "policy bf16": (True, True)}
     for what, (policy, bf16) in actors.items():
