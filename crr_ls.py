@@ -192,7 +192,7 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: str | None = None):
 
 
 def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
-    """The dataset as n-step transitions on the device (SPEC §4, §7), and its summary for results.json.
+    """The dataset as n-step transitions on the device (docs/datasets.md), and its summary for results.json.
     A Minari dataset names the env it was recorded on: that env, with its recorded kwargs, is evaluated."""
     gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
     try:
@@ -291,7 +291,7 @@ def compile_networks(agent: Agent) -> None:
 
 # ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
 def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
-    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (SPEC §4).
+    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (C51).
     next_pmfs [N, B, I], returns [B], discounts [B], atoms [I] -> target pmfs [B, I]."""
     return categorical_l2_project(next_pmfs.mean(0), returns, discounts, atoms)
 
@@ -483,7 +483,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, prog
 
 
 def write_results(args: Args, state: dict, run_dir: str, dataset_info: dict) -> dict:
-    """results.json (SPEC §8) and a learning-curve plot."""
+    """results.json (fields: docs/<script>.md, Outputs) and a learning-curve plot."""
     last = state["evaluations"][-1]
     results = {"algo": os.path.basename(__file__)[:-3], "env_id": args.env_id, "seed": args.seed}
     results.update(dataset=dataset_info, alpha=args.alpha, evaluations=state["evaluations"])

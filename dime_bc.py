@@ -11,9 +11,9 @@ Decisions the paper leaves open (docs/dime_bc.md, "Implementation details"):
 - One target-critic pass per learner step, as in Acme's DMPO learner: the N actions sampled at the bootstrap
   state s' = s_{t+k} of each n-step transition give both the C51 mixture target and the E-step, and the BC
   term uses the dataset action at s' (the second action of RL Unplugged's SARSA tuples). E-step and BC
-  share their states, as SPEC §5 asks; s' whose window reached the episode's end has no dataset action
-  and is left out of the policy loss (≤ n/1000 of the states of 1000-step episodes). Running the E-step
-  on s_t instead would need a second pass over N·B state-action pairs: twice the cost of a step.
+  share their states (eq. 11 mixes both at one state); s' whose window reached the episode's end has no
+  dataset action and is left out of the policy loss (≤ n/1000 of the states of 1000-step episodes).
+  Running the E-step on s_t instead would need a second pass over N·B state-action pairs: twice the cost.
 - The dataset lives on the device as precomputed n-step transitions (common.datasets.nstep_transitions);
   minibatches are drawn there with a seeded torch.Generator: no host/device copy per step.
 - Evaluation runs --eval-episodes episodes of the policy mean (clipped to [-1, 1]) in lockstep with reset
@@ -204,7 +204,7 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: str | None = None):
 
 
 def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
-    """The dataset as n-step transitions on the device (SPEC §4, §7), and its summary for results.json.
+    """The dataset as n-step transitions on the device (docs/datasets.md), and its summary for results.json.
     A Minari dataset names the env it was recorded on: that env, with its recorded kwargs, is evaluated."""
     gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
     try:
@@ -320,7 +320,7 @@ def dual(param: torch.Tensor) -> torch.Tensor:
 
 # ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
 def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
-    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (SPEC §4).
+    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (C51).
     next_pmfs [N, B, I], returns [B], discounts [B], atoms [I] -> target pmfs [B, I]."""
     return categorical_l2_project(next_pmfs.mean(0), returns, discounts, atoms)
 
@@ -568,7 +568,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, prog
 
 
 def write_results(args: Args, state: dict, run_dir: str, dataset_info: dict) -> dict:
-    """results.json (SPEC §8) and a learning-curve plot."""
+    """results.json (fields: docs/<script>.md, Outputs) and a learning-curve plot."""
     last = state["evaluations"][-1]
     results = {"algo": os.path.basename(__file__)[:-3], "env_id": args.env_id, "seed": args.seed}
     results.update(dataset=dataset_info, alpha=args.alpha, evaluations=state["evaluations"])

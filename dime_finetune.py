@@ -334,7 +334,7 @@ def tradeoff(agent: Agent, args: Args) -> torch.Tensor:
 
 # ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
 def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
-    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (SPEC §4).
+    """Project the mixture of the N target pmfs, shifted by the n-step return, onto the support (C51).
     next_pmfs [N, B, I], returns [B], discounts [B], atoms [I] -> target pmfs [B, I]."""
     return categorical_l2_project(next_pmfs.mean(0), returns, discounts, atoms)
 
@@ -447,7 +447,7 @@ class Replay:
         self.full = self.full or self.pos == 0
 
     def sample(self, batch_size: int, n: int, gamma: float, gen: torch.Generator):
-        """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps (SPEC §4)."""
+        """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps."""
         d, device = self.data, self.data["obs"].device
         size, start = (self.rows, self.pos) if self.full else (self.pos, 0)
         t = (start + torch.randint(0, size - n + 1, (batch_size,), device=device, generator=gen)) % self.rows
@@ -658,7 +658,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, prog
 
 
 def write_results(args: Args, state: dict, run_dir: str) -> dict:
-    """results.json (SPEC §8) with the teacher's return and the trade-off over time, and a curve plot."""
+    """results.json (docs/dime_finetune.md) with the teacher's return and the trade-off over time; a plot."""
     last = state["evaluations"][-1]
     results = {"algo": "dime_finetune", "method": args.method, "env_id": args.env_id, "seed": args.seed}
     results.update(alpha=None if args.learn_alpha else args.alpha, evaluations=state["evaluations"])

@@ -235,7 +235,7 @@ def control_suite_tasks() -> dict[str, str]:
 
 
 def make_env(env_id: str, render: bool = False):
-    """One control-suite env; dict observations flattened in alphabetical key order (SPEC §7)."""
+    """One control-suite env; dict observations flattened in alphabetical key order (docs/datasets.md)."""
 
     def thunk():
         import gymnasium as gym
@@ -388,7 +388,7 @@ def dual(param: torch.Tensor) -> torch.Tensor:
 
 # ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
 def c51_target(next_pmfs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, atoms: torch.Tensor):
-    """Project the mixture of the N target pmfs, shifted by the n-step return, onto each support (SPEC §4).
+    """Project the mixture of the N target pmfs, shifted by the n-step return, onto each support (C51).
     next_pmfs [N, B, K, I], returns [B, K], discounts [B], atoms [K, I] -> target pmfs [B, K, I]."""
     mixture = next_pmfs.mean(0)  # [B, K, I]
     project = categorical_l2_project
@@ -503,7 +503,7 @@ class Replay:
         self.full = self.full or self.pos == 0
 
     def sample(self, batch_size: int, n: int, gamma: float, gen: torch.Generator):
-        """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps (SPEC §4)."""
+        """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps."""
         d, device = self.data, self.data["obs"].device
         size, start = (self.rows, self.pos) if self.full else (self.pos, 0)
         t = (start + torch.randint(0, size - n + 1, (batch_size,), device=device, generator=gen)) % self.rows
@@ -784,7 +784,7 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
 
 
 def write_results(args: Args, state: dict, run_dir: str, eval_alphas: list[float], act_dim: int) -> dict:
-    """results.json (SPEC §8) with the Pareto front and hypervolume of the final evaluation, and its plot."""
+    """results.json (docs/dime_morl.md) with the final evaluation's Pareto front and hypervolume; a plot."""
     final = []  # the last evaluation, one entry per trade-off
     for e in state["evaluations"][-len(eval_alphas) :]:
         final.append({"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()})

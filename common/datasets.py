@@ -1,4 +1,4 @@
-"""Offline datasets: every source read into one in-memory form, plus the n-step builder (SPEC §4, §7).
+"""Offline datasets: every source read into one in-memory form, plus the n-step builder (docs/datasets.md).
 
 `Dataset` holds float32 `observations, actions, rewards, next_observations` and bool `terminals, timeouts`,
 rows contiguous per episode; a row ends its episode iff `terminals | timeouts`. Observation vectors are a
@@ -175,7 +175,7 @@ def check_env(ds: Dataset, env_id: str, obs_dims: int, action_dims: int) -> None
 
 # --------------------------------------------------------------------------------------------- n-step
 def nstep_transitions(ds: Dataset, n: int, gamma: float) -> dict[str, np.ndarray]:
-    """(s_t, a_t, R, γ^k·Π d, s_{t+k}, a_{t+k}) per row, k = min(n, steps left in the episode) (SPEC §4).
+    """(s_t, a_t, R, γ^k·Π d, s_{t+k}, a_{t+k}) per row, k = min(n, steps left in the episode).
 
     R = Σ_{j<k} γ^j r_{t+j}; the discount is 0 only if the window reaches a true terminal, never at a
     time-limit truncation, where the bootstrap uses s_{t+k} = the last row's next observation. The dataset
