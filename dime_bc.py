@@ -41,7 +41,7 @@ import tyro
 from tqdm import tqdm
 
 from common.c51 import categorical_l2_project
-from common.datasets import DatasetError, check_env, load_dataset, nstep_transitions
+from common.datasets import DatasetError, check_env, discounted_returns, load_dataset, nstep_transitions
 
 MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
 MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
@@ -218,6 +218,7 @@ def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
         (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
         check_env(ds, args.env_id, obs_dim, act_dim)
         data = nstep_transitions(ds, args.n_step, args.gamma)
+        data["mc_returns"] = discounted_returns(ds, args.gamma)  # for critic_rank_correlation
     except DatasetError as e:
         fail(str(e))
     info = ds.summary()
@@ -401,7 +402,32 @@ def policy_loss(
     stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
     stats["losses/temperature"] = temperature
     stats["losses/kl_q_rel"] = compute_nonparametric_kl(weights) / args.epsilon
+    stats.update(offline_diagnostics(q_values, bc_weights[0], stddev, valid))
     return loss + temperature_loss + dual_mean + dual_std, stats
+
+
+@torch.no_grad()
+def offline_diagnostics(q_values, data_weights, stddev, valid) -> dict:
+    """Learner diagnostics with Acme's names: Q of the N sampled actions; the dataset action's advantage
+    A = Q(s, a_D) - mean_i Q(s, a_i) and its policy-loss weight w [B] over the `valid` rows: shares of w below
+    0.1 and above 10, normalised effective sample size (Σw)²/(n·Σw²) (1: uniform, as in BC); policy stddev.
+    Masked reductions: no host sync."""
+    valid = valid > 0
+    n = valid.sum().clamp(min=1)
+    advantage = q_values[-1] - q_values[:-1].mean(0)
+    adv_mean = (advantage * valid).sum() / n
+    w = data_weights * valid
+    stats = {"losses/q_min": q_values[:-1].min(), "losses/q_max": q_values[:-1].max()}
+    stats["losses/advantage_mean"] = adv_mean
+    stats["losses/advantage_std"] = (((advantage - adv_mean) ** 2 * valid).sum() / n).sqrt()
+    stats["losses/advantage_min"] = advantage.masked_fill(~valid, math.inf).min()
+    stats["losses/advantage_max"] = advantage.masked_fill(~valid, -math.inf).max()
+    stats["losses/weight_below_0.1"] = ((data_weights < 0.1) & valid).sum() / n
+    stats["losses/weight_above_10"] = ((data_weights > 10) & valid).sum() / n
+    stats["losses/weight_ess"] = w.sum() ** 2 / (n * (w**2).sum()).clamp(min=1e-12)
+    stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
+    stats["losses/pi_stddev_mean"] = stddev.mean()
+    return stats
 
 
 # ==== 8. Learner step: one update of critic, policy and duals =============================================
@@ -485,7 +511,7 @@ def main(args: Args) -> dict:
     while state["learner_steps"] < args.total_steps:
         step = state["learner_steps"]
         if step % args.eval_every == 0 and not any(e["step"] == step for e in state["evaluations"]):
-            evaluate_and_log(agent, args, state, writer, device, progress)
+            evaluate_and_log(agent, args, state, writer, device, progress, data, atoms)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step > state["last_ckpt"]:
             checkpoint()
         metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
@@ -493,11 +519,11 @@ def main(args: Args) -> dict:
         if step % args.target_update_period == 0:
             agent.update_targets()
         if step % args.log_every == 0:
-            log_metrics(writer, metrics, step, last_log, run_dir)
+            state["diagnostics"] = log_metrics(writer, metrics, step, last_log, run_dir)
         progress.update(1)
     if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
         checkpoint()
-    evaluate_and_log(agent, args, state, writer, device, progress)
+    evaluate_and_log(agent, args, state, writer, device, progress, data, atoms)
     state["wall_time"] = time.time() - start
     progress.close()
     if args.save_model:
@@ -506,8 +532,9 @@ def main(args: Args) -> dict:
     return write_results(args, state, run_dir, dataset_info)
 
 
-def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> None:
-    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf."""
+def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> dict:
+    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf. Returns
+    the averages (the last ones go into the next evaluation's record)."""
     keys = list(metrics[0])
     values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
     metrics.clear()
@@ -519,6 +546,7 @@ def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir:
     now = time.time()
     writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
     last_log[:] = step, now
+    return {k: v for k, v in zip(keys, values) if k != "loss"}
 
 
 # ==== 10. Evaluation ======================================================================================
@@ -551,12 +579,27 @@ def evaluate(agent: Agent, args: Args, step: int, device) -> tuple[np.ndarray, n
     return returns, scores if scored else None
 
 
-def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
+@torch.no_grad()
+def critic_rank_correlation(critic: nn.Module, data: dict, atoms: torch.Tensor, rows: int = 4096) -> float:
+    """Spearman ρ between the critic's Q(s_t, a_t) and the discounted Monte-Carlo return G_t of the dataset on
+    evenly spaced rows: does the critic order the data like its returns? A diagnostic, no training signal."""
+    size = len(data["returns"])
+    idx = torch.linspace(0, size - 1, min(rows, size), device=atoms.device).long()
+    q = (critic(data["observations"][idx], data["actions"][idx]).softmax(-1) * atoms).sum(-1)
+    ranks = torch.stack([x.argsort().argsort().float() for x in (q, data["mc_returns"][idx])])
+    return float(torch.corrcoef(ranks)[0, 1])
+
+
+def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress, data, atoms) -> None:
+    """Evaluate the policy; the record also holds the critic's rank check and the last logged diagnostics."""
     step = state["learner_steps"]
     if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
         diverged("policy parameters", step, writer.get_logdir())
     returns, scores = evaluate(agent, args, step, device)
     record = {"step": step, "alpha": args.alpha, "returns": returns.tolist(), "mean": float(returns.mean())}
+    rank_corr = critic_rank_correlation(agent.critic, data, atoms)
+    record.update(critic_rank_corr=rank_corr, diagnostics=state.get("diagnostics", {}))
+    writer.add_scalar("eval/critic_rank_corr", rank_corr, step)
     line = f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
     if scores is not None:
         record.update(d4rl_scores=scores.tolist(), d4rl_score=float(scores.mean()))

@@ -11,8 +11,8 @@ reward is Q_k, so there is no critic, actor or replay. `<domain>_<task>` is any 
 with objectives [task reward, -‖clip(a)‖₂·cost_scale] (App. D.1.2).
 
 Decisions the paper leaves open (docs/dime_morl.md, "Implementation details"):
-- Trade-off vector: bandits use (1-α, α) for every method; control tasks (1, α) for dime and mompo
-  (Table 4: α_task = 1, α_cost swept) and (1-α, α) for ls.
+- Trade-off vector: bandits use (1-α, α) for every method; control tasks (1, α) for single-α dime and
+  mompo (Table 4: α_task = 1, α_cost swept), (1-α, α) for ls and for --multi (Fig. 5: α_task = 1 - α_cost).
 - As in Acme's DMPO learner, the E-step/M-step run on the bootstrap states s_{t+n} and reuse the N target-
   policy actions and the one target-critic pass of the C51 target: half the cost of a learner step.
 - One critic torso, one categorical head per objective on its own support: task [v_min, v_max], cost
@@ -277,10 +277,11 @@ def draw_alphas(args: Args, n: int, gen: torch.Generator, device) -> torch.Tenso
     return low + (high - low) * torch.rand(n, device=device, generator=gen)
 
 
-def tradeoff_vector(alpha: torch.Tensor, bandit: bool, method: str) -> torch.Tensor:
-    """Trade-off α -> objective weights [..., K]: (1-α, α) for bandits and ls, else (1, α) (Table 4)."""
-    first = 1.0 - alpha if bandit or method == "ls" else torch.ones_like(alpha)
-    return torch.stack([first, alpha], -1)
+def tradeoff_vector(alpha: torch.Tensor, args: Args) -> torch.Tensor:
+    """Trade-off α -> objective weights [..., K]: the convex (1-α, α) for bandits, ls and --multi (Fig. 5:
+    "α_task = 1 - α_cost"), else (1, α) with α_cost ≥ 0 (Table 4, single-α DiME and MO-MPO)."""
+    convex = args.env_id in BANDITS or args.method == "ls" or args.multi
+    return torch.stack([1.0 - alpha if convex else torch.ones_like(alpha), alpha], -1)
 
 
 def critic_supports(args: Args, act_dim: int) -> torch.Tensor:
@@ -546,7 +547,7 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
         batch = replay.sample(args.batch_size, args.n_step, args.gamma, gen)
         obs, actions, returns, discounts, states = batch
     # The trade-off of every sample: fixed, or a fresh draw per transition with --multi (App. A relabelling).
-    tradeoff = tradeoff_vector(draw_alphas(args, args.batch_size, gen, device), bandit, args.method)  # [B, K]
+    tradeoff = tradeoff_vector(draw_alphas(args, args.batch_size, gen, device), args)  # [B, K]
     if args.multi:
         states = torch.cat([states, tradeoff], -1)
     with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
@@ -668,7 +669,7 @@ def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, 
     obs, _ = envs.reset(seed=round_seeds(args.seed, state["round"], 0, args.num_envs))
     obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
     alphas = draw_alphas(args, args.num_envs, gen, device)  # one per actor and episode (App. C)
-    cond = tradeoff_vector(alphas, False, args.method)
+    cond = tradeoff_vector(alphas, args)
     episode_return, done = torch.zeros(args.num_envs, 2, device=device), False
     while not done:
         with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
@@ -718,7 +719,7 @@ def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, vid
     """Per-episode objective returns [episodes, K] of the mean action (clipped to [-1, 1] on control tasks);
     with `video`, every VIDEO_FRAME_SKIP-th frame of the first episode goes into that GIF."""
     bandit = args.env_id in BANDITS
-    cond = tradeoff_vector(torch.tensor([alpha], device=device), bandit, args.method)
+    cond = tradeoff_vector(torch.tensor([alpha], device=device), args)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         return agent.policy(torch.cat([obs, cond.expand(len(obs), -1)], -1) if args.multi else obs)[0]

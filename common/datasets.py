@@ -203,6 +203,18 @@ def nstep_transitions(ds: Dataset, n: int, gamma: float) -> dict[str, np.ndarray
     }
 
 
+def discounted_returns(ds: Dataset, gamma: float) -> np.ndarray:
+    """Monte-Carlo return of every row, G_t = Σ_j γ^j r_{t+j} to its episode's last row (no bootstrap at a
+    time limit: a lower bound there). The offline scripts rank their critic's Q(s_t, a_t) against it."""
+    out, running = np.zeros(len(ds), np.float64), 0.0
+    ends = np.zeros(len(ds), bool)
+    ends[ds.episode_ends()] = True
+    for t in range(len(ds) - 1, -1, -1):
+        running = ds.rewards[t] + (0.0 if ends[t] else gamma * running)
+        out[t] = running
+    return out.astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------- project/D4RL HDF5
 def open_hdf5(path: str):
     import h5py

@@ -233,11 +233,18 @@ def test_replay_wraps_around_in_time_order():
 
 
 def test_tradeoff_vectors():
+    """(1-α, α) on bandits, for ls and for a --multi policy (Fig. 5); (1, α) for single-α dime and mompo."""
     alpha = torch.tensor([0.25])
-    assert torch.allclose(m.tradeoff_vector(alpha, True, "dime"), torch.tensor([[0.75, 0.25]]))
-    assert torch.allclose(m.tradeoff_vector(alpha, False, "dime"), torch.tensor([[1.0, 0.25]]))
-    assert torch.allclose(m.tradeoff_vector(alpha, False, "ls"), torch.tensor([[0.75, 0.25]]))
-    assert torch.allclose(m.tradeoff_vector(alpha, False, "mompo"), torch.tensor([[1.0, 0.25]]))
+    cases = [
+        (dict(env_id="schaffer", method="dime"), [0.75, 0.25]),
+        (dict(env_id="cartpole_swingup", method="dime"), [1.0, 0.25]),
+        (dict(env_id="cartpole_swingup", method="dime", multi=True), [0.75, 0.25]),
+        (dict(env_id="cartpole_swingup", method="ls"), [0.75, 0.25]),
+        (dict(env_id="cartpole_swingup", method="ls", multi=True), [0.75, 0.25]),
+        (dict(env_id="cartpole_swingup", method="mompo"), [1.0, 0.25]),
+    ]
+    for flags, expected in cases:
+        assert torch.allclose(m.tradeoff_vector(alpha, m.Args(**flags)), torch.tensor([expected])), flags
 
 
 def test_policy_head_initial_distribution():

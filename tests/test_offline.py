@@ -110,6 +110,72 @@ def test_dime_bc_cross_entropy_matches_the_mixture_of_eq_11():
     torch.testing.assert_close(stats["losses/policy_loss"], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_offline_diagnostics_match_plain_reductions(script):
+    """Masked reductions (no host sync) equal the same statistics over the valid rows, computed plainly."""
+    module = importlib.import_module(script)
+    g = torch.Generator().manual_seed(0)
+    q_values, stddev = torch.randn(6, 9, generator=g), torch.rand(9, 2, generator=g) + 0.1
+    weights = torch.tensor([0.05, 1.0, 12.0, 0.5, 2.0, 30.0, 0.01, 1.0, 3.0])
+    valid = torch.tensor([1.0, 1, 1, 0, 1, 1, 0, 1, 1])
+    stats = module.offline_diagnostics(q_values, weights, stddev, valid)
+    keep = valid > 0
+    advantage = (q_values[-1] - q_values[:-1].mean(0))[keep]
+    w = weights[keep]
+    expected = {
+        "q_min": q_values[:-1].min(),
+        "q_max": q_values[:-1].max(),
+        "advantage_mean": advantage.mean(),
+        "advantage_std": advantage.std(unbiased=False),
+        "advantage_min": advantage.min(),
+        "advantage_max": advantage.max(),
+        "weight_below_0.1": torch.tensor(1 / 7),  # 0.05 (0.01 is not valid)
+        "weight_above_10": torch.tensor(2 / 7),  # 12 and 30
+        "weight_ess": w.sum() ** 2 / (len(w) * (w**2).sum()),
+        "pi_stddev_min": stddev.min(),
+        "pi_stddev_max": stddev.max(),
+    }
+    for key, value in expected.items():
+        torch.testing.assert_close(stats[f"losses/{key}"], value, msg=key)
+    uniform = module.offline_diagnostics(q_values, torch.ones(9), stddev, valid)
+    torch.testing.assert_close(uniform["losses/weight_ess"], torch.tensor(1.0))  # BC's weights: all equal
+
+
+def test_critic_rank_correlation_is_spearman():
+    """A critic whose Q is a monotone function of the Monte-Carlo return ranks the data perfectly; an
+    anti-monotone one gives -1."""
+    import dime_bc
+
+    g = torch.Generator().manual_seed(0)
+    data = {"observations": torch.randn(500, 3, generator=g), "actions": torch.rand(500, 1, generator=g)}
+    data["returns"] = torch.zeros(500)
+    data["mc_returns"] = data["observations"][:, 0] * 3 + 1
+    atoms = torch.linspace(-10, 10, 11)
+
+    class Monotone(torch.nn.Module):  # logits put the mass of Q toward the top atom as obs[0] grows
+        def __init__(self, sign):
+            super().__init__()
+            self.sign = sign
+
+        def forward(self, obs, actions):
+            return self.sign * obs[:, :1] * atoms / 10
+
+    assert dime_bc.critic_rank_correlation(Monotone(1.0), data, atoms) == pytest.approx(1.0)
+    assert dime_bc.critic_rank_correlation(Monotone(-1.0), data, atoms) == pytest.approx(-1.0)
+
+
+def test_discounted_returns_match_a_loop():
+    rewards = np.array([1.0, 2, 3, 4, 5, 6], np.float32)
+    terminals, timeouts = np.array([0, 0, 1, 0, 0, 0], bool), np.array([0, 0, 0, 0, 0, 1], bool)
+    ds = datasets.make_dataset(
+        np.zeros((6, 2)), np.zeros((6, 1)), rewards, np.zeros((6, 2)), terminals, timeouts
+    )
+    g = datasets.discounted_returns(ds, 0.5)
+    np.testing.assert_allclose(
+        g, [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3, 4 + 0.5 * 5 + 0.25 * 6, 5 + 0.5 * 6, 6]
+    )
+
+
 # ------------------------------------------------------------------------------------------------ runs
 @pytest.mark.parametrize("script", SCRIPTS[:3])
 def test_script_runs_and_writes_results_json(script, dataset, tmp_path):
@@ -130,6 +196,11 @@ def test_script_runs_and_writes_results_json(script, dataset, tmp_path):
         "std": pytest.approx(np.std(on_disk["evaluations"][-1]["returns"])),
     }
     assert on_disk["learner_steps_per_second"] > 0 and on_disk["args"]["batch_size"] == 8
+    later = on_disk["evaluations"][1:]  # the step-0 evaluation precedes every logged step
+    assert all(-1.0 <= e["critic_rank_corr"] <= 1.0 for e in on_disk["evaluations"])
+    for key in ("q_min", "q_max", "advantage_std", "weight_ess", "pi_stddev_min", "pi_stddev_max"):
+        assert all(math.isfinite(e["diagnostics"][f"losses/{key}"]) for e in later), key
+    assert all(e["diagnostics"]["losses/q_min"] <= e["diagnostics"]["losses/q_max"] for e in later)
     for name in ("checkpoint.pt", "curve.png", "args.json"):
         assert os.path.exists(os.path.join(directory, name))
     policy = torch.export.load(os.path.join(directory, "policy.pt2")).module()  # no project class needed
