@@ -13,7 +13,11 @@ value is below the threshold c (the teacher's, by default) and shrinks above it.
 
 Decisions the paper leaves open (docs/dime_finetune.md, "Implementation details"):
 - --teacher defaults to the task's *middle* zoo policy (zoo/manifest.json), so there is room to beat it;
-  c (--return-threshold) defaults to the teacher's measured mean per-step reward / (1-γ).
+  c (--return-threshold) defaults to (1 - --threshold-margin) times the teacher's measured E[Q]: the mean
+  discounted return-to-go of its *sampled* actions (what an α = 1 student's critic can reach; a mean-action
+  return sits above it and would hold α at 1 for good).
+- The learned α cannot wind up: its logit is clamped to ±--tradeoff-logit-bound, and it is held at --alpha
+  for the first --alpha-warmup-steps learner steps, while the critic (which starts at Q ≈ 0) learns.
 - As in dime_morl.py and Acme's DMPO learner, the E-step runs on the bootstrap states s_{t+n} and shares
   the N target-policy actions and the single target-critic pass of the C51 target.
 - Actors are a lockstep vector env reset together ("rounds"); reset seeds derive from (seed, round), and
@@ -95,7 +99,13 @@ class Args:
     learn_alpha: bool = False
     """learn α = sigmoid(x) by descending α·(E[Q] - c) (Sec. 6.3)"""
     return_threshold: float | None = None
-    """c of the learned trade-off (default: the teacher's mean per-step reward / (1 - γ), measured)"""
+    """c of the learned trade-off (default: measured, the teacher's expected Q; see --threshold-margin)"""
+    threshold_margin: float = 0.1
+    """c = (1 - margin)·E[Σ_j γ^j r_{t+j}] of the teacher's sampled actions: below pure imitation's E[Q]"""
+    tradeoff_logit_bound: float = 4.0
+    """the learned α's logit is clamped to ±this (α ∈ [0.018, 0.982]): no wind-up past saturation"""
+    alpha_warmup_steps: int = 2000
+    """learner steps during which the learned α is held at --alpha while the critic learns (Q starts at 0)"""
     fixed_eta2: bool = False
     """dime: fix the teacher objective's temperature to 1, so its E-step is the teacher itself (eq. 8)"""
     epsilon_teacher: float = 0.1
@@ -417,13 +427,16 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_tas
     pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
     pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
     loss = cross_entropy + pen_mean + pen_std
-    tradeoff_loss = alpha * (q_task.mean() - args.return_threshold)  # J(α) = α·(E[Q] - c) (Sec. 6.3)
     stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
     stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
     stats["charts/tradeoff"], stats["losses/log_ratio_mean"] = alpha.detach(), log_ratio.mean()
     for k, (eta, kl_q) in enumerate(zip(dual(agent.log_temperature), kl_q_rel)):
         stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
-    return loss + temperature_loss + dual_mean + dual_std + tradeoff_loss * args.learn_alpha, stats
+    loss = loss + temperature_loss + dual_mean + dual_std
+    if args.learn_alpha:
+        stats["losses/q_minus_threshold"] = q_task.mean() - args.return_threshold
+        loss = loss + alpha * stats["losses/q_minus_threshold"].detach()  # J(α) = α·(E[Q] - c) (Sec. 6.3)
+    return loss, stats
 
 
 # ==== 7a. Replay on the device: 1-step transitions per actor, n-step returns built when sampled ===========
@@ -503,6 +516,7 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms,
     with torch.no_grad():
         for p in agent.duals():
             p.clamp_(min=MIN_LOG_DUAL)
+        agent.tradeoff_logit.clamp_(-args.tradeoff_logit_bound, args.tradeoff_logit_bound)
     return stats
 
 
@@ -531,13 +545,13 @@ def main(args: Args) -> dict:
     state["wall_time"], state["teacher_returns"] = 0.0, None  # all that a checkpoint must carry
     if ckpt:
         state.update(ckpt["state"])
-    if state["teacher_returns"] is None:  # the teacher's own evaluation: a line on the plots, and c
+    if state["teacher_returns"] is None:  # the teacher's own evaluation: a line on the plots
         state["teacher_returns"] = evaluate(teacher, args, 0, device, stream=2).tolist()
-    if args.return_threshold is None:  # c = mean per-step reward / (1 - γ), from the teacher's returns
-        per_step = np.mean(state["teacher_returns"]) / 1000  # control-suite episodes last 1000 steps
-        args = dataclasses.replace(args, return_threshold=float(per_step / (1 - args.gamma)))
-    teacher_return = np.mean(state["teacher_returns"])
-    print(f"teacher: return {teacher_return:.1f}; threshold c = {args.return_threshold:.1f}")
+    if args.learn_alpha and args.return_threshold is None:  # c, measured once; a resumed run keeps it
+        c = (1 - args.threshold_margin) * teacher_expected_q(teacher, args, device)
+        args = dataclasses.replace(args, return_threshold=c)
+    line = f"teacher: return {np.mean(state['teacher_returns']):.1f}"
+    print(line + (f"; threshold c = {args.return_threshold:.1f}" if args.learn_alpha else ""))
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
@@ -552,7 +566,9 @@ def main(args: Args) -> dict:
     start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
 
     def learn() -> None:
-        metrics.append(learner_step(agent, optimizers, replay, teacher, atoms, args, gen))
+        warm = state["learner_steps"] >= args.alpha_warmup_steps  # α is held while the critic warms up
+        stepped = optimizers if warm else {k: o for k, o in optimizers.items() if k != "tradeoff"}
+        metrics.append(learner_step(agent, stepped, replay, teacher, atoms, args, gen))
         state["learner_steps"] += 1
         if state["learner_steps"] % args.target_update_period == 0:
             agent.update_targets()
@@ -641,6 +657,35 @@ def evaluate(policy, args: Args, round_idx: int, device, stream: int = 1) -> np.
         alive &= ~(terminated | truncated)
     envs.close()
     return returns
+
+
+@torch.no_grad()
+def teacher_expected_q(teacher, args: Args, device) -> float:
+    """E_{s∼µ, a∼π_b} Q(s, a) of pure imitation, for Sec. 6.3's c ("the expected return from fully
+    imitating the prior"), on the critic's scale: the mean discounted return-to-go G_t of the teacher's
+    *sampled* actions over the first half of --eval-episodes episodes (the 1000-step cut moves those G_t by
+    less than γ^500/(1-γ)·r_max)."""
+    envs = make_envs(args.env_id, args.eval_episodes)
+    obs, _ = envs.reset(seed=round_seeds(args.seed, 0, 3, args.eval_episodes))
+    gen = torch.Generator(device).manual_seed(args.seed)  # its own stream: training's RNG is untouched
+    rewards, alive = [], np.ones(args.eval_episodes, bool)
+    while alive.any():
+        mean, stddev = teacher(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        actions = mean + stddev * torch.randn(mean.shape, device=device, generator=gen)
+        obs, reward, terminated, truncated, _ = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
+        rewards.append(reward * alive)
+        alive &= ~(terminated | truncated)
+    envs.close()
+    to_go = discounted_to_go(np.array(rewards), args.gamma)  # [T, episodes]
+    return float(to_go[: len(to_go) // 2].mean())
+
+
+def discounted_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = Σ_j γ^j r_{t+j} along the first (time) axis."""
+    out, running = np.zeros(rewards.shape), np.zeros(rewards.shape[1:])
+    for t in range(len(rewards) - 1, -1, -1):
+        out[t] = running = rewards[t] + gamma * running
+    return out
 
 
 def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:

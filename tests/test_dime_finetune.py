@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -140,3 +141,36 @@ def test_bad_teacher_is_refused_with_one_line(tmp_path, teacher, message):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: --teacher") and message in result.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_tradeoff_logit_is_bounded():
+    """E[Q] far below c pushes α up at every step; the logit stops at the bound instead of winding up."""
+    args = ft.Args(learn_alpha=True, hidden_sizes=(8,), batch_size=8, num_samples=4, return_threshold=1e6)
+    args.tradeoff_logit_bound, args.dual_lr = 0.5, 0.1
+    agent = ft.Agent(3, 1, args)
+    optimizers, gen = ft.make_optimizers(agent, args), torch.Generator().manual_seed(0)
+    replay, atoms = filled_replay(), torch.linspace(-10, 10, args.num_atoms)
+    for _ in range(30):
+        ft.learner_step(agent, optimizers, replay, ConstantTeacher(), atoms, args, gen)
+    assert agent.tradeoff_logit.item() == pytest.approx(0.5)
+
+
+def test_alpha_is_held_during_the_warm_up_and_learned_after(tmp_path):
+    held = run(tmp_path / "held", learn_alpha=True, alpha=0.5, alpha_warmup_steps=10_000)
+    learned = run(tmp_path / "learned", learn_alpha=True, alpha=0.5, alpha_warmup_steps=0)
+    assert all(e["alpha"] == pytest.approx(0.5) for e in held["evaluations"])
+    assert learned["evaluations"][-1]["alpha"] != pytest.approx(0.5, abs=1e-3)
+
+
+def test_threshold_is_the_teachers_sampled_action_q(tmp_path):
+    """c = 0.9·E[G_t] of the teacher's sampled actions: positive, and below the mean-action per-step return
+    / (1 - γ) (the old default, which an imitating student's critic could not reach)."""
+    results = run(tmp_path, learn_alpha=True, total_env_steps=2000)
+    mean_action_level = results["teacher"]["mean"] / 1000 / (1 - 0.99)
+    assert 0 < results["return_threshold"] < mean_action_level
+
+
+def test_discounted_to_go_matches_a_loop():
+    rewards = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
+    expected = [[1 + 0.5 * 2 + 0.25 * 3, 0 + 0.5], [2 + 0.5 * 3, 1], [3, 0]]
+    np.testing.assert_allclose(ft.discounted_to_go(rewards, 0.5), expected)
