@@ -45,7 +45,9 @@ import tyro
 from tqdm import tqdm
 
 from common.c51 import categorical_l2_project
+from common.datasets import DatasetError, zoo_policies
 
+SCRIPT = os.path.basename(__file__)[: -len(".py")]  # names results, checkpoints, exports
 MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
 MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
@@ -218,8 +220,10 @@ def load_teacher(args: Args, obs_dim: int, act_dim: int, device):
     """The exported teacher π_b (torch.export program), checked against the env's sizes."""
     path = args.teacher
     if path is None:
-        manifest = json.load(open(os.path.join(ROOT, "zoo", "manifest.json")))["policies"]
-        entries = [e for e in manifest if e["env_id"] == args.env_id and e["name"] == "middle"]
+        try:
+            entries = [e for e in zoo_policies(args.env_id) if e["name"] == "middle"]
+        except DatasetError:  # no zoo policy at all for this task
+            entries = []
         if not entries:
             fail(f"no middle zoo policy for {args.env_id}; pass --teacher PATH (an exported policy .pt2)")
         path = os.path.join(ROOT, entries[0]["file"])
@@ -705,7 +709,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, prog
 def write_results(args: Args, state: dict, run_dir: str) -> dict:
     """results.json (docs/dime_finetune.md) with the teacher's return and the trade-off over time; a plot."""
     last = state["evaluations"][-1]
-    results = {"algo": "dime_finetune", "method": args.method, "env_id": args.env_id, "seed": args.seed}
+    results = {"algo": SCRIPT, "method": args.method, "env_id": args.env_id, "seed": args.seed}
     results.update(alpha=None if args.learn_alpha else args.alpha, evaluations=state["evaluations"])
     results["final"] = {"alpha": last["alpha"], "mean": last["mean"], "std": float(np.std(last["returns"]))}
     teacher = state["teacher_returns"]

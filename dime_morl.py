@@ -47,6 +47,8 @@ from tqdm import tqdm
 
 from common.c51 import categorical_l2_project
 
+SCRIPT = os.path.basename(__file__)[: -len(".py")]  # names results, checkpoints, exports
+CONTROL_EPISODE_STEPS = 1000  # the control suite's time limit: every episode lasts this long
 MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
 MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
@@ -792,9 +794,9 @@ def write_results(args: Args, state: dict, run_dir: str, eval_alphas: list[float
     points = np.array([f["mean"] for f in final])
     # Hypervolume reference: each objective's worst return (bandits: its value at the other's optimum).
     worst = {"schaffer": [-4.0, -4.0], "fonseca_fleming": [-1.0, -1.0]}
-    worst = worst.get(args.env_id, [0.0, -math.sqrt(act_dim) * args.cost_scale * 1000])  # 1000-step episodes
+    worst = worst.get(args.env_id, [0.0, -math.sqrt(act_dim) * args.cost_scale * CONTROL_EPISODE_STEPS])
     reference = np.array(args.hv_reference or worst)
-    results = {"algo": "dime_morl", "method": args.method, "env_id": args.env_id, "seed": args.seed}
+    results = {"algo": SCRIPT, "method": args.method, "env_id": args.env_id, "seed": args.seed}
     results["alpha"] = None if args.multi else args.alpha
     results["objectives"] = ["f1", "f2"] if args.env_id in BANDITS else ["task", "cost"]
     results.update(evaluations=state["evaluations"], final=final if args.multi else final[0])
@@ -875,7 +877,7 @@ def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> Non
     Parameters that are no longer finite are never written over the last good checkpoint."""
     if not all(torch.isfinite(p).all() for p in agent.parameters()):
         diverged("parameters", state["learner_steps"], run_dir)
-    ckpt = {"script": "dime_morl", "args": dataclasses.asdict(args), "agent": agent.state_dict()}
+    ckpt = {"script": SCRIPT, "args": dataclasses.asdict(args), "agent": agent.state_dict()}
     ckpt["state"] = state
     ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
     ckpt["rng"], ckpt["replay"] = gen.get_state(), None if replay is None else replay.state_dict()
@@ -888,7 +890,7 @@ def load_checkpoint(args: Args) -> dict:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("script") != "dime_morl":
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
         fail(f"--resume {args.resume} was not written by dime_morl.py; pass one of its checkpoint.pt files")
     saved, defaults = ckpt["args"], Args(env_id=args.env_id)  # the defaults of the env given now
 
@@ -925,29 +927,29 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
     example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
     program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
     meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
-    meta.update(multi=args.multi, hidden_sizes=list(args.hidden_sizes), script="dime_morl.py")
+    meta.update(multi=args.multi, hidden_sizes=list(args.hidden_sizes), script=f"{SCRIPT}.py")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
 
 
 def save_replay(replay: Replay, args: Args, path: str) -> None:
-    """The replay as a project/D4RL-style HDF5 dataset (task reward; each actor's last row ends episodes)."""
-    import h5py
+    """The replay as a project HDF5 dataset (common.datasets; task reward; each actor's last row ends its
+    stream), written atomically."""
+    from common.datasets import make_dataset, save_hdf5
 
     data = replay.chronological()
     rows = len(data["obs"]) // args.num_envs
     timeouts = data["ends"] & ~data["terminals"]
     timeouts[rows - 1 :: rows] |= ~data["terminals"][rows - 1 :: rows]  # each actor's stream is cut there
-    columns = {"observations": data["obs"], "actions": data["actions"], "rewards": data["rewards"][:, 0]}
-    columns.update(next_observations=data["next_obs"], terminals=data["terminals"], timeouts=timeouts)
-
-    def write(f):
-        with h5py.File(f, "w") as h5:
-            for key, value in columns.items():
-                h5.create_dataset(key, data=value, compression="gzip")
-            h5.attrs.update({"env_id": args.env_id, "source": "dime_morl.py replay", "seed": args.seed})
-
-    atomic_write(path, write)
+    columns = (
+        data["obs"],
+        data["actions"],
+        data["rewards"][:, 0],
+        data["next_obs"],
+        data["terminals"],
+        timeouts,
+    )
+    save_hdf5(make_dataset(*columns, env_id=args.env_id), path, source="dime_morl.py replay", seed=args.seed)
 
 
 if __name__ == "__main__":
