@@ -1,20 +1,29 @@
-"""Learner speed against d3rlpy's CRR on the same dataset, timed in one run, alternating.
+"""Our learners against d3rlpy's CRR on the same datasets: learner speed, and final returns (--quality).
 
-    python benchmarks/vs_d3rlpy.py                                  # zoo cheetah_run, CPU preset
+    python benchmarks/vs_d3rlpy.py                                  # speed: zoo cheetah_run, CPU preset
     python benchmarks/vs_d3rlpy.py --scripts crr_ls dime_bc --rounds 3 --steps 300
+    python benchmarks/vs_d3rlpy.py --quality --datasets cheetah_run cheetah_run:random=0.5 --seeds 1 2 3
 
 d3rlpy is not a project dependency: it runs in its own virtual environment, given by --d3rlpy-python
-(benchmarks/README.md shows how to make it). Every measurement is a fresh process (`--worker`), and the
-rounds alternate d3rlpy and our scripts so that both see the same machine load; the best round of each
-configuration is kept.
+(benchmarks/README.md shows how to make it), as separate `--worker` processes.
 
+Speed: every measurement is a fresh process, and the rounds alternate d3rlpy and our scripts so that both
+see the same machine load; the best round of each configuration is kept.
 - d3rlpy: `CRRConfig(batch_size=256, n_action_samples=4)` with 256×3 encoders for actor and critic (its
   defaults otherwise: scalar critic, advantage "mean", exp weights, β = 1), a step being what its `fit`
   loop does: `dataset.sample_transition_batch` then `algo.update`.
 - ours: the script's `learner_step` (minibatch drawn on the device, C51 critic with 101 atoms, N = 20
   sampled actions) at the CPU preset, fp32 and --bf16.
-
 Prints ms per learner step and the ratio d3rlpy / ours (≥ 1: ours is no slower).
+
+Quality (--quality): for every dataset and seed, d3rlpy's CRR (as above) and each of our --learners train
+for --train-steps learner steps on the same HDF5 file; every learner's policy mean is evaluated every
+--eval-every steps on --eval-episodes episodes of the same env with the same reset seeds (our scripts'
+own evaluation; d3rlpy's policies are exported with `save_policy` and evaluated here the same way). Cells
+live in <out>/<dataset>/<learner>/seed_<s>/ with a results.json each, so a re-run skips finished cells and
+adds seeds. Prints the final return per learner and dataset: mean and 95 % interval over seeds.
+Datasets: ENV (its zoo dataset), ENV:random=F (a zoo dataset with a share F of uniform-random episodes, a
+mixed-quality set where BC is beatable) or ENV:PATH (an HDF5 file).
 """
 
 import argparse
@@ -23,17 +32,19 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIDDEN, BATCH, D3RLPY_SAMPLES = (256, 256, 256), 256, 4
 
 
-def d3rlpy_worker(dataset: str, steps: int, warmup: int) -> float:
-    """Seconds per d3rlpy CRR step (batch sampling + update) on the project HDF5 `dataset`."""
+def make_d3rlpy_crr(dataset: str, seed: int = 0):
+    """d3rlpy's CRR at the comparison setting and the project HDF5 `dataset` as its MDPDataset."""
     import d3rlpy
     import h5py
     import numpy as np
 
+    d3rlpy.seed(seed)
     with h5py.File(dataset, "r") as h5:
         columns = {k: h5[k][:] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
     data = d3rlpy.dataset.MDPDataset(
@@ -52,6 +63,12 @@ def d3rlpy_worker(dataset: str, steps: int, warmup: int) -> float:
     )
     algo = config.create(device="cpu:0")
     algo.build_with_dataset(data)
+    return algo, data
+
+
+def d3rlpy_worker(dataset: str, steps: int, warmup: int) -> float:
+    """Seconds per d3rlpy CRR step (batch sampling + update) on the project HDF5 `dataset`."""
+    algo, data = make_d3rlpy_crr(dataset)
 
     def step():
         algo.update(data.sample_transition_batch(BATCH))
@@ -62,6 +79,24 @@ def d3rlpy_worker(dataset: str, steps: int, warmup: int) -> float:
     for _ in range(steps):
         step()
     return (time.perf_counter() - start) / steps
+
+
+def d3rlpy_train_worker(dataset: str, steps: int, eval_every: int, seed: int, cell: str) -> None:
+    """Train d3rlpy's CRR with its own `fit` loop; export the greedy policy (TorchScript) at step 0 and
+    every `eval_every` steps to <cell>/policy_<step>.pt for evaluation in the project's environment."""
+    from d3rlpy.logging import NoopAdapterFactory
+
+    algo, data = make_d3rlpy_crr(dataset, seed)
+    algo.save_policy(os.path.join(cell, "policy_0.pt"))
+    save = lambda algo, epoch, step: algo.save_policy(os.path.join(cell, f"policy_{step}.pt"))
+    algo.fit(
+        data,
+        n_steps=steps,
+        n_steps_per_epoch=eval_every,
+        logger_adapter=NoopAdapterFactory(),
+        show_progress=False,
+        epoch_callback=save,
+    )
 
 
 def ours_worker(script: str, dataset: str, steps: int, warmup: int, bf16: bool, compile: bool) -> float:
@@ -120,6 +155,141 @@ def default_dataset() -> str:
     return os.path.join(cache_dir(), load_zoo("cheetah_run").source.split(":", 1)[1] + ".hdf5")
 
 
+QUALITY_LEARNERS = {  # name: (script, flags), each at the comparison's setting
+    "bc": ("dime_bc", "--alpha 1"),  # the paper's BC: DiME (BC) at α = 1, through the M-step
+    "ls": ("crr_ls", "--alpha 0.5"),  # CRR-exp with weights exp((1-α)/α·A) = exp(A): d3rlpy's β = 1
+    "dime_bc": ("dime_bc", "--alpha 0.45"),
+    "dime_awbc": ("dime_awbc", "--alpha 0.5"),
+}
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # Student t
+
+
+def resolve_dataset(spec: str) -> tuple[str, str, str]:
+    """ENV | ENV:random=F | ENV:PATH -> (tag, env id, HDF5 path); zoo datasets are built on first use."""
+    sys.path.insert(0, ROOT)
+    from common.datasets import cache_dir, load_zoo
+
+    env_id, _, rest = spec.partition(":")
+    if rest and not rest.startswith("random="):
+        return f"{env_id}_{os.path.splitext(os.path.basename(rest))[0]}", env_id, rest
+    fraction = float(rest[len("random=") :]) if rest else 0.1  # 0.1: the zoo default
+    ds = load_zoo(env_id, random_fraction=fraction)
+    tag = env_id if not rest else f"{env_id}_random{fraction:g}"
+    return tag, env_id, os.path.join(cache_dir(), ds.source.split(":", 1)[1] + ".hdf5")
+
+
+def evaluate_exported(path: str, env_id: str, seed: int, step: int, episodes: int) -> list[float]:
+    """Returns of an exported (TorchScript) greedy policy, evaluated exactly as our offline scripts do:
+    lockstep episodes of the clipped action with reset seeds from (seed, step)."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, ROOT)
+    import dime_bc
+
+    with warnings.catch_warnings():  # d3rlpy exports TorchScript, which torch 2.13 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy = torch.jit.load(path)
+    envs = dime_bc.make_envs(env_id, episodes)
+    obs, _ = envs.reset(seed=[int(s) for s in np.random.SeedSequence([seed, step]).generate_state(episodes)])
+    returns, alive = np.zeros(episodes), np.ones(episodes, bool)
+    while alive.any():
+        with torch.no_grad():
+            actions = policy(torch.as_tensor(obs, dtype=torch.float32)).clamp(-1.0, 1.0).numpy()
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        returns += reward * alive
+        alive &= ~(terminated | truncated)
+    envs.close()
+    return returns.tolist()
+
+
+def quality_cell(opts, tag: str, env_id: str, path: str, learner: str, seed: int) -> dict:
+    """One (dataset, learner, seed) run, or its results.json when it already finished."""
+    import glob
+
+    cell = os.path.join(opts.out, tag, learner, f"seed_{seed}")
+    done = glob.glob(os.path.join(cell, "**", "results.json"), recursive=True)
+    if done:
+        return json.load(open(done[0]))
+    os.makedirs(cell, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
+    log = open(os.path.join(cell, "run.log"), "w")
+    print(f"{tag} {learner} seed {seed} ...", file=sys.stderr, flush=True)
+    if learner == "d3rlpy_crr":
+        worker = [
+            "--worker",
+            "d3rlpy-train",
+            "--dataset",
+            path,
+            "--steps",
+            str(opts.train_steps),
+            "--cell",
+            cell,
+        ]
+        worker += ["--eval-every", str(opts.eval_every), "--seed", str(seed)]
+        command = [opts.d3rlpy_python, os.path.abspath(__file__), *worker]
+        if subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+            sys.exit(f"error: d3rlpy training failed; see {log.name}")
+        steps = sorted(int(f[len("policy_") : -3]) for f in os.listdir(cell) if f.startswith("policy_"))
+        evaluations = []
+        for step in steps:
+            returns = evaluate_exported(
+                os.path.join(cell, f"policy_{step}.pt"), env_id, seed, step, opts.eval_episodes
+            )
+            evaluations.append({"step": step, "returns": returns, "mean": sum(returns) / len(returns)})
+        final = evaluations[-1]
+        std = (sum((r - final["mean"]) ** 2 for r in final["returns"]) / len(final["returns"])) ** 0.5
+        results = {"algo": learner, "env_id": env_id, "seed": seed, "dataset": {"source": path}}
+        results.update(evaluations=evaluations, final={"mean": final["mean"], "std": std})
+        with open(os.path.join(cell, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        return results
+    script, flags = QUALITY_LEARNERS[learner]
+    command = [sys.executable, f"{script}.py", "--env-id", env_id, "--dataset", path, "--seed", str(seed)]
+    command += ["--output-dir", cell, "--exp-name", learner, "--total-steps", str(opts.train_steps)]
+    command += ["--eval-every", str(opts.eval_every), "--eval-episodes", str(opts.eval_episodes)]
+    command += ["--checkpoint-every", "0", *flags.split(), *opts.ours_flags.split()]
+    if subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+        sys.exit(f"error: {learner} failed; see {log.name}")
+    (done,) = glob.glob(os.path.join(cell, "*", "results.json"))
+    return json.load(open(done))
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student-t interval (0 for one value)."""
+    n, mean = len(values), sum(values) / len(values)
+    if n < 2:
+        return mean, 0.0
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return mean, T_975.get(n - 1, 1.96) * sd / n**0.5
+
+
+def quality(opts) -> None:
+    """Train every learner on every dataset and seed (finished cells are skipped); print the final returns."""
+    learners = ["d3rlpy_crr", *opts.learners]
+    table = {}
+    for spec in opts.datasets:
+        tag, env_id, path = resolve_dataset(spec)
+        for learner in learners:
+            finals = [quality_cell(opts, tag, env_id, path, learner, s)["final"]["mean"] for s in opts.seeds]
+            table.setdefault(tag, {})[learner] = finals
+    header = f"| learner | {' | '.join(table)} |"
+    lines = [header, "|---" * (len(table) + 1) + "|"]
+    for learner in learners:
+        cells = []
+        for tag in table:
+            mean, half = mean_interval(table[tag][learner])
+            cells.append(f"{mean:.1f} ± {half:.1f}")
+        lines.append(f"| {learner} | {' | '.join(cells)} |")
+    setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"
+    text = f"Final return, mean ± 95 % interval over seeds ({setting}):\n\n" + "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(opts.out, "table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(opts.out, "table.json"), "w") as f:
+        json.dump({"setting": setting, "final_returns": table}, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,9 +304,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed learner steps per measurement")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before (caches, compilation)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP threads of every worker")
-    parser.add_argument("--out", help="also write the table as JSON to this file")
+    parser.add_argument("--out", help="speed: also write the table as JSON here; quality: the results folder")
+    parser.add_argument("--quality", action="store_true", help="compare final returns instead of speed")
+    parser.add_argument("--train-steps", type=int, default=20_000, help="quality: learner steps per run")
+    parser.add_argument("--datasets", nargs="+", default=["cheetah_run", "cheetah_run:random=0.5"])
+    parser.add_argument(
+        "--learners", nargs="+", default=list(QUALITY_LEARNERS), choices=list(QUALITY_LEARNERS)
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument(
+        "--eval-every", type=int, default=5000, help="quality: learner steps between evaluations"
+    )
+    parser.add_argument("--eval-episodes", type=int, default=20, help="quality: episodes per evaluation")
+    preset = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20 --bf16"
+    parser.add_argument("--ours-flags", default=preset, help="quality: flags of every run of our scripts")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.worker == ["d3rlpy-train"]:  # inside a quality cell, in d3rlpy's venv
+        return d3rlpy_train_worker(opts.dataset, opts.steps, opts.eval_every, opts.seed, opts.cell)
     if opts.worker:  # inside a measurement process
         kind, *modes = opts.worker
         if kind == "d3rlpy":
@@ -149,6 +336,9 @@ def main() -> None:
         return
     if not os.path.exists(opts.d3rlpy_python):
         sys.exit(f"error: no d3rlpy interpreter at {opts.d3rlpy_python}; make one (benchmarks/README.md)")
+    if opts.quality:
+        opts.out = opts.out or os.path.join(ROOT, "benchmarks", "results", "vs_d3rlpy_quality")
+        return quality(opts)
     opts.dataset = opts.dataset or default_dataset()
     configs = [("d3rlpy", (opts.d3rlpy_python, ["d3rlpy"]))]
     for script in opts.scripts:
