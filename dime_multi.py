@@ -344,18 +344,19 @@ def critic_loss(logits: torch.Tensor, target_pmfs: torch.Tensor) -> torch.Tensor
 
 
 # ==== 5. E-step: sample weights, temperature dual, KL diagnostic ===========================================
-def compute_weights_and_temperature_loss(q_values: torch.Tensor, epsilon: float, temperature: torch.Tensor):
-    """E-step: w = softmax_N(Q/η) per state (eq. 38); dual η(ε + E_s log E_a exp(Q/η)) (eq. 45).
-    q_values [N, B] -> weights [N, B] (no gradient), temperature loss []."""
+def compute_weights_and_temperature_loss(q_values, epsilon, temperature: torch.Tensor):
+    """E-step: w_k = softmax_N(Q_k/η_k) per state (eq. 38); dual η_k(ε_k + E_s log E_a exp(Q_k/η_k)) (eq. 45).
+    q_values [N, B, K] with epsilon and temperature [K], or [N, B] with scalars (one objective) -> weights
+    shaped like q_values (no gradient), loss []."""
     tempered = q_values.detach() / temperature
     weights = tempered.softmax(0).detach()
-    log_mean_exp = tempered.logsumexp(0).mean() - math.log(q_values.shape[0])
-    return weights, temperature * (epsilon + log_mean_exp)
+    log_mean_exp = tempered.logsumexp(0).mean(0) - math.log(q_values.shape[0])  # [K] or []
+    return weights, (temperature * (epsilon + log_mean_exp)).sum()
 
 
 def compute_nonparametric_kl(weights: torch.Tensor) -> torch.Tensor:
-    """KL(q ‖ π_i) of the sample-based E-step solution, mean over states: [N, B] -> []."""
-    return (weights * torch.log(weights.shape[0] * weights + MPO_FLOAT_EPSILON)).sum(0).mean()
+    """KL(q_k ‖ π_i) of the sample-based E-step solution, mean over states: [N, B, K] -> [K], [N, B] -> []."""
+    return (weights * torch.log(weights.shape[0] * weights + MPO_FLOAT_EPSILON)).sum(0).mean(0)
 
 
 # ==== 6. M-step: decoupled cross-entropy and KL trust region (Acme's MPO) =================================
@@ -371,7 +372,7 @@ def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
 
 def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
     """-Σ_M w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
-    actions [M, B, D], weights [M, B], distribution parameters [B, D]."""
+    actions [M, B, D], weights [M, B] (combined over objectives), distribution parameters [B, D]."""
     fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)  # trains the mean
     fixed_mean = gaussian_log_prob(actions, target_mean, stddev)  # trains the stddev
     return -(weights * (fixed_stddev + fixed_mean)).sum(0).mean()

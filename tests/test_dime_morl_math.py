@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Normal
 
 import dime_morl as m
 
@@ -20,56 +19,6 @@ def solve_temperature(q_values: torch.Tensor, epsilon: torch.Tensor, steps: int 
         loss.backward()
         opt.step()
     return m.dual(log_temperature).detach()
-
-
-def test_e_step_weights_and_dual_match_formula():
-    torch.manual_seed(0)
-    q = torch.randn(7, 5, 2, dtype=torch.float64)  # [N, B, K]
-    eta = torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True)
-    eps = torch.tensor([0.1, 0.3], dtype=torch.float64)
-    weights, loss = m.compute_weights_and_temperature_loss(q, eps, eta)
-    for k in range(2):
-        for b in range(5):
-            z = [math.exp(q[i, b, k].item() / eta[k].item()) for i in range(7)]
-            for i in range(7):
-                assert weights[i, b, k].item() == pytest.approx(z[i] / sum(z), rel=1e-12)
-    expected = sum(
-        eta[k].item()
-        * (
-            eps[k].item()
-            + np.mean(
-                [
-                    math.log(np.mean([math.exp(q[i, b, k].item() / eta[k].item()) for i in range(7)]))
-                    for b in range(5)
-                ]
-            )
-        )
-        for k in range(2)
-    )
-    assert loss.item() == pytest.approx(expected, rel=1e-12)
-    assert not weights.requires_grad  # the weights are targets of the M-step, not trained through
-    loss.backward()
-    assert eta.grad is not None and torch.all(eta.grad != 0)
-
-
-def test_optimal_temperature_meets_the_kl_bound():
-    """At the dual optimum, KL(q_k || π_i) equals ε_k for every objective (eq. 36-45)."""
-    torch.manual_seed(1)
-    q = torch.randn(20, 64, 2, dtype=torch.float64) * torch.tensor([1.0, 30.0], dtype=torch.float64)
-    eps = torch.tensor([0.1, 0.5], dtype=torch.float64)
-    eta = solve_temperature(q, eps)
-    weights, _ = m.compute_weights_and_temperature_loss(q, eps, eta)
-    kl = m.compute_nonparametric_kl(weights)
-    assert torch.allclose(kl, eps, rtol=0.05), (kl, eps)
-
-
-def test_nonparametric_kl_extremes():
-    n = 8
-    uniform = torch.full((n, 3, 1), 1.0 / n)
-    one_hot = torch.zeros(n, 3, 1)
-    one_hot[2] = 1.0
-    assert m.compute_nonparametric_kl(uniform).item() == pytest.approx(0.0, abs=1e-6)
-    assert m.compute_nonparametric_kl(one_hot).item() == pytest.approx(math.log(n), abs=1e-5)
 
 
 def test_dime_weights_are_scale_invariant_and_ls_weights_are_not():
@@ -102,58 +51,6 @@ def test_combine_objectives_per_method():
     assert torch.equal(mix, torch.ones(3, 1))
     q_e, eps, mix = m.combine_objectives(q, tradeoff, "mompo", 0.1)
     assert torch.allclose(eps, torch.tensor([0.1, 0.03])) and torch.equal(mix, torch.ones(3, 2))
-
-
-def test_decoupled_cross_entropy_value_and_gradient_split():
-    """Mean gradient only from N(μ_θ, σ_i); stddev gradient only from N(μ_i, σ_θ) (Acme's decoupling)."""
-    torch.manual_seed(3)
-    n, b, d = 6, 4, 3
-    actions, weights = torch.randn(n, b, d), torch.rand(n, b).softmax(0)
-    mean, stddev = torch.randn(b, d, requires_grad=True), (torch.rand(b, d) + 0.5).requires_grad_()
-    target_mean, target_stddev = torch.randn(b, d), torch.rand(b, d) + 0.5
-    loss = m.compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev)
-    expected = (
-        -(
-            weights
-            * (
-                Normal(mean, target_stddev).log_prob(actions).sum(-1)
-                + Normal(target_mean, stddev).log_prob(actions).sum(-1)
-            )
-        )
-        .sum(0)
-        .mean()
-    )
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    loss.backward()
-    mean_only = -(weights * Normal(mean, target_stddev).log_prob(actions).sum(-1)).sum(0).mean()
-    (grad_mean,) = torch.autograd.grad(mean_only, mean)
-    assert torch.allclose(mean.grad, grad_mean, atol=1e-6)
-
-
-def test_gaussian_log_prob_and_kl_match_torch_distributions():
-    torch.manual_seed(4)
-    mean_p, mean_q, x = torch.randn(5, 3), torch.randn(5, 3), torch.randn(7, 5, 3)
-    std_p, std_q = torch.rand(5, 3) + 0.1, torch.rand(5, 3) + 0.1
-    reference = Normal(mean_p, std_p).log_prob(x).sum(-1)
-    assert torch.allclose(m.gaussian_log_prob(x, mean_p, std_p), reference, atol=1e-5)
-    kl = torch.distributions.kl_divergence(Normal(mean_p, std_p), Normal(mean_q, std_q))
-    assert torch.allclose(m.gaussian_kl(mean_p, std_p, mean_q, std_q), kl, atol=1e-5)
-
-
-def test_kl_penalty_and_dual_gradients():
-    kl = torch.tensor([[0.01, 0.03], [0.03, 0.05]], requires_grad=True)
-    log_alpha = torch.tensor([0.0, 1.0], requires_grad=True)
-    penalty, dual_loss, mean_kl = m.compute_kl_penalty_and_dual_loss(kl, log_alpha, 0.02)
-    alpha = m.dual(log_alpha).detach()
-    assert penalty.item() == pytest.approx((alpha * torch.tensor([0.02, 0.04])).sum().item(), rel=1e-6)
-    assert mean_kl.item() == pytest.approx(0.03, rel=1e-6)
-    (g_log_alpha,) = torch.autograd.grad(penalty, log_alpha, allow_unused=True, retain_graph=True)
-    assert g_log_alpha is None  # the penalty does not train the multiplier
-    (g_kl,) = torch.autograd.grad(dual_loss, kl, allow_unused=True)
-    assert g_kl is None  # the dual does not train the policy
-    # The dual grows α where KL exceeds ε (dimension 1: 0.04 > 0.02) and shrinks it where KL is below.
-    (g,) = torch.autograd.grad(m.compute_kl_penalty_and_dual_loss(kl, log_alpha, 0.03)[1], log_alpha)
-    assert g[0] > 0 and g[1] < 0
 
 
 def test_bandit_rewards_are_the_negated_test_functions():
