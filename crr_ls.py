@@ -25,6 +25,7 @@ Shape letters: B batch, N sampled actions per state, D action dims, S observatio
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -160,6 +161,7 @@ def check_args(args: Args) -> None:
 
 
 # ==== 2. Environment and dataset ==========================================================================
+@functools.cache  # registers the env families once, not at every evaluation
 def gymnasium_id(env_id: str) -> str:
     """The gymnasium id of --env-id: a control-suite task <domain>_<task> through shimmy, or any registered
     id (gymnasium-robotics' FrankaKitchen-v1 and AntMaze_* included); an unknown one fails in one line."""
@@ -388,10 +390,11 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
 
 
 # ==== 9. main: seeding, dataset, learner loop ===============================================================
-def main(args: Args) -> dict:
+def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
+    """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
     os.environ.setdefault("MUJOCO_GL", "disable")  # evaluation needs no rendering; before dm_control loads
     check_args(args)
-    ckpt = load_checkpoint(args) if args.resume else None
+    ckpt = load_checkpoint(args, typed) if args.resume else None
     args = ckpt["args"] if ckpt else args
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -609,7 +612,7 @@ def save_checkpoint(run_dir, args, agent, optimizers, gen, state) -> None:
     atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(args: Args) -> dict:
+def load_checkpoint(args: Args, typed: frozenset[str]) -> dict:
     """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
@@ -622,7 +625,6 @@ def load_checkpoint(args: Args) -> dict:
     def norm(value):
         return list(value) if isinstance(value, tuple) else value
 
-    typed = {a.split("=")[0] for a in sys.argv[1:]}  # on the command line, even at the default value
     for name in saved:  # a flag given now must agree with the checkpoint's
         value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
         given = flag in typed or value != norm(getattr(defaults, name))
@@ -655,4 +657,5 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
+    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])  # on the command line, even at the default
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]), typed)

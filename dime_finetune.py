@@ -526,10 +526,11 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms,
 
 
 # ==== 9. main: seeding, teacher, actors and learner =======================================================
-def main(args: Args) -> dict:
+def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
+    """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
     os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering needed; before dm_control loads
     check_args(args)
-    ckpt = load_checkpoint(args) if args.resume else None
+    ckpt = load_checkpoint(args, typed) if args.resume else None
     args = ckpt["args"] if ckpt else args
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -793,7 +794,7 @@ def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> Non
     atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(args: Args) -> dict:
+def load_checkpoint(args: Args, typed: frozenset[str]) -> dict:
     """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
@@ -806,7 +807,6 @@ def load_checkpoint(args: Args) -> dict:
     def norm(value):
         return list(value) if isinstance(value, tuple) else value
 
-    typed = {a.split("=")[0] for a in sys.argv[1:]}  # on the command line, even at the default value
     for name in saved:  # a flag given now must agree with the checkpoint's
         value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
         given = flag in typed or value != norm(getattr(defaults, name))
@@ -839,4 +839,5 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
+    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])  # on the command line, even at the default
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]), typed)
