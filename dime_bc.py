@@ -205,18 +205,19 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: str | None = None):
         fail(f"--env-kwargs {env_kwargs} do not fit {env_id} ({e}); pass a JSON object of make() keywords")
 
 
-def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
-    """The dataset as n-step transitions on the device (docs/datasets.md), and its summary for results.json.
-    A Minari dataset names the env it was recorded on: that env, with its recorded kwargs, is evaluated."""
+def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int], str | None]:
+    """The dataset as n-step transitions on the device (docs/datasets.md), its summary for results.json, the
+    env sizes, and the env kwargs to evaluate with: --env-kwargs, else a Minari dataset's recorded ones."""
     gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
     try:
         ds = load_dataset(args.dataset, args.env_id, seed=0)
         spec = ds.env_spec
         if spec and spec["id"] != args.env_id:
             raise DatasetError(f"{ds.source} was recorded on {spec['id']}; pass --env-id {spec['id']}")
-        if spec and args.env_kwargs is None:
-            args.env_kwargs = json.dumps({**spec["kwargs"], "max_episode_steps": spec["max_episode_steps"]})
-        envs = make_envs(args.env_id, 1, args.env_kwargs)
+        env_kwargs = args.env_kwargs
+        if spec and env_kwargs is None:
+            env_kwargs = json.dumps({**spec["kwargs"], "max_episode_steps": spec["max_episode_steps"]})
+        envs = make_envs(args.env_id, 1, env_kwargs)
         (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
         check_env(ds, args.env_id, obs_dim, act_dim)
         data = nstep_transitions(ds, args.n_step, args.gamma)
@@ -227,7 +228,7 @@ def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int]]:
     print(f"dataset {info['source']}: {info['episodes']} episodes, {info['transitions']} transitions")
     data = {k: torch.as_tensor(v, device=device) for k, v in data.items()}
     summary = {k: info[k] for k in ("source", "transitions", "episodes", "return_min", "return_max")}
-    return data, summary, (obs_dim, act_dim)
+    return data, summary, (obs_dim, act_dim), env_kwargs
 
 
 # ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
@@ -494,7 +495,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
     gen = torch.Generator(device).manual_seed(args.seed)
-    data, dataset_info, (obs_dim, act_dim) = load_data(args, device)
+    data, dataset_info, (obs_dim, act_dim), env_kwargs = load_data(args, device)
+    args = dataclasses.replace(args, env_kwargs=env_kwargs)  # evaluation uses the dataset's env settings
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
