@@ -780,6 +780,7 @@ def print_summary(ds: Dataset) -> None:
 
 
 def main(argv=None) -> None:
+    os.environ.setdefault("MUJOCO_GL", "disable")  # rollouts render nothing
     parser = argparse.ArgumentParser(prog="python -m common.datasets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="episodes, transitions, return statistics, observation keys")
