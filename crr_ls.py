@@ -35,6 +35,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -320,14 +321,26 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, stddev: torch.Tensor)
 
 
 # ==== 7. Policy objective: LS (CRR-exp), eq. 10 ===========================================================
-def policy_loss(agent: Agent, states, dataset_actions, valid, q_values, args):
-    """LS on `states` [B, S]: -mean_B w·log π_θ(a_D|s) over the dataset actions [B, D] where `valid` [B]
-    (a dataset action exists). q_values [N + 1, B]: the sampled actions', then the dataset action's."""
-    weights = compute_advantage_weights(q_values, args.alpha, args.max_weight) * valid
-    mean, stddev = agent.policy(states)
-    loss = -(weights * gaussian_log_prob(dataset_actions, mean, stddev)).mean()
-    stats = {"losses/policy_loss": loss, "losses/weight_mean": weights.mean()}
-    return loss, {**stats, **offline_diagnostics(q_values, weights, stddev, valid)}
+class PolicyBatch(NamedTuple):
+    """What the policy objective sees at the bootstrap states s' of a minibatch (built by learner_step)."""
+
+    states: torch.Tensor  # [B, S]
+    dataset_actions: torch.Tensor  # [B, D]: a', the dataset action at s'
+    valid: torch.Tensor  # [B]: 1 where a' exists (the window did not reach the episode's end)
+    target_mean: torch.Tensor  # [B, D]: π_i = N(target_mean, target_stddev)
+    target_stddev: torch.Tensor  # [B, D]
+    sampled: torch.Tensor  # [N, B, D]: actions drawn from π_i
+    q_values: torch.Tensor  # [N + 1, B]: target-critic Q of the sampled actions, then of a'
+
+
+def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
+    """LS on the batch's states: -mean_B w·log π_θ(a'|s') over the dataset actions where a' exists (eq. 10);
+    the weights come from the Q of a' against the N sampled actions'. Returns (loss, stats)."""
+    weights = compute_advantage_weights(batch.q_values, args.alpha, args.max_weight) * batch.valid
+    mean, stddev = agent.policy(batch.states)
+    loss_policy = -(weights * gaussian_log_prob(batch.dataset_actions, mean, stddev)).mean()
+    stats = {"losses/policy_loss": loss_policy, "losses/weight_mean": weights.mean()}
+    return loss_policy, {**stats, **offline_diagnostics(batch.q_values, weights, stddev, batch.valid)}
 
 
 @torch.no_grad()
@@ -368,15 +381,16 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
     with torch.autocast(obs.device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
         with torch.no_grad():  # N actions from the target policy π_i at s', and the dataset action a'
             target_mean, target_stddev = agent.target_policy(next_obs)
-            noise = torch.randn(
-                args.num_samples, *target_mean.shape, device=target_mean.device, generator=gen
-            )
+            noise = torch.randn(args.num_samples, *target_mean.shape, device=obs.device, generator=gen)
             sampled = target_mean + target_stddev * noise  # [N, B, D]
             candidates = torch.cat([sampled, next_actions[None]])  # [N + 1, B, D]
             pmfs = agent.target_critic(next_obs, candidates).softmax(-1)  # [N + 1, B, I]
             target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
             q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
-        loss, stats = policy_loss(agent, next_obs, next_actions, valid.float(), q_values, args)
+        batch = PolicyBatch(
+            next_obs, next_actions, valid.float(), target_mean, target_stddev, sampled, q_values
+        )
+        loss, stats = policy_loss(agent, batch, args)
         stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
     loss = loss + stats["losses/critic_loss"]
     stats["losses/q_mean"], stats["loss"] = q_values[:-1].mean(), loss.detach()

@@ -36,7 +36,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -388,6 +388,18 @@ def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, 
 
 
 # ==== 7. Policy objective: DiME (BC or AWBC) for per-sample trade-offs (eq. 4, 11) =========================
+class PolicyBatch(NamedTuple):
+    """What the policy objective sees at the bootstrap states s' of a minibatch (built by learner_step)."""
+
+    states: torch.Tensor  # [B, S]
+    dataset_actions: torch.Tensor  # [B, D]: a', the dataset action at s'
+    valid: torch.Tensor  # [B]: 1 where a' exists (the window did not reach the episode's end)
+    target_mean: torch.Tensor  # [B, D]: π_i = N(target_mean, target_stddev)
+    target_stddev: torch.Tensor  # [B, D]
+    sampled: torch.Tensor  # [N, B, D]: actions drawn from π_i
+    q_values: torch.Tensor  # [N + 1, B]: target-critic Q of the sampled actions, then of a'
+
+
 def bc_objective_weights(q_values: torch.Tensor, args: Args) -> torch.Tensor:
     """The second objective's E-step on the dataset action: weight 1 (bc, eq. 11) or min(exp(A),
     --max-weight) with A = Q(s, a_D) - mean_i Q(s, a_i) (awbc, CRR-exp, temperature 1). -> [B]"""
@@ -397,13 +409,12 @@ def bc_objective_weights(q_values: torch.Tensor, args: Args) -> torch.Tensor:
     return advantage.clamp(max=math.log(args.max_weight)).exp()
 
 
-def policy_loss(
-    agent: Agent, states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values, args
-):
+def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
     """DiME on conditioned `states` [B, S + 1] (last column: α): the RL objective's E-step weights the N
     `sampled` actions [N, B, D] of π_i = N(target_mean, target_stddev); the BC objective's weights the
     dataset action [B, D]. The M-step fits their per-sample α-mixture (eq. 11) where `valid` [B].
     q_values [N + 1, B]: the sampled actions', then the dataset action's."""
+    states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values = batch
     alpha = states[:, -1]
     temperature = dual(agent.log_temperature)
     weights, temperature_loss = compute_weights_and_temperature_loss(q_values[:-1], args.epsilon, temperature)
@@ -418,13 +429,14 @@ def policy_loss(
     trust_region = compute_kl_penalty_and_dual_loss
     pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
     pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
-    loss = cross_entropy + pen_mean + pen_std
-    stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
+    loss_policy = cross_entropy + pen_mean + pen_std  # trains π_θ
+    loss_dual = temperature_loss + dual_mean + dual_std  # trains η, α_μ, α_σ
+    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
     stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
     stats["losses/temperature"] = temperature
     stats["losses/kl_q_rel"] = compute_nonparametric_kl(weights) / args.epsilon
     stats.update(offline_diagnostics(q_values, bc_weights[0], stddev, valid))
-    return loss + temperature_loss + dual_mean + dual_std, stats
+    return loss_policy + loss_dual, stats
 
 
 @torch.no_grad()
@@ -468,18 +480,16 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
     with torch.autocast(obs.device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
         with torch.no_grad():  # N actions from the target policy π_i at s', and the dataset action a'
             target_mean, target_stddev = agent.target_policy(next_obs)
-            noise = torch.randn(
-                args.num_samples, *target_mean.shape, device=target_mean.device, generator=gen
-            )
+            noise = torch.randn(args.num_samples, *target_mean.shape, device=obs.device, generator=gen)
             sampled = target_mean + target_stddev * noise  # [N, B, D]
             candidates = torch.cat([sampled, next_actions[None]])  # [N + 1, B, D]
             pmfs = agent.target_critic(next_obs, candidates).softmax(-1)  # [N + 1, B, I]
             target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
             q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
-        target = target_mean, target_stddev
-        loss, stats = policy_loss(
-            agent, next_obs, next_actions, valid.float(), *target, sampled, q_values, args
+        batch = PolicyBatch(
+            next_obs, next_actions, valid.float(), target_mean, target_stddev, sampled, q_values
         )
+        loss, stats = policy_loss(agent, batch, args)
         stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
     loss = loss + stats["losses/critic_loss"]
     stats["losses/q_mean"], stats["loss"] = q_values[:-1].mean(), loss.detach()

@@ -53,16 +53,18 @@ def loss_inputs(module, alpha: float, seed: int = 0, q_scale: float = 1.0):
     sampled = target_mean + target_stddev * torch.randn(5, 7, 2)
     q_values = torch.randn(6, 7) * q_scale
     valid = torch.tensor([1.0, 1, 1, 0, 1, 1, 1])
-    return agent, args, states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values
+    batch = module.PolicyBatch(states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values)
+    return agent, args, batch
 
 
 def test_crr_ls_at_alpha_1_is_exactly_behaviour_cloning():
     import crr_ls
 
-    agent, args, states, actions, valid, *_, q_values = loss_inputs(crr_ls, alpha=1.0, q_scale=50.0)
-    loss, _ = crr_ls.policy_loss(agent, states, actions, valid, q_values, args)
-    mean, stddev = agent.policy(states)
-    bc = -(valid * torch.distributions.Normal(mean, stddev).log_prob(actions).sum(-1)).mean()
+    agent, args, batch = loss_inputs(crr_ls, alpha=1.0, q_scale=50.0)
+    loss, _ = crr_ls.policy_loss(agent, batch, args)
+    mean, stddev = agent.policy(batch.states)
+    log_prob = torch.distributions.Normal(mean, stddev).log_prob(batch.dataset_actions).sum(-1)
+    bc = -(batch.valid * log_prob).mean()
     torch.testing.assert_close(loss, bc, rtol=0, atol=1e-6)
 
 
@@ -87,11 +89,11 @@ def test_dime_awbc_weights_the_dataset_action_by_clipped_exp_advantage():
 def test_dime_alpha_selects_the_objective(script):
     """α = 1: the sampled actions carry no weight; α = 0: the dataset actions carry none (eq. 11)."""
     module = importlib.import_module(script)
-    for alpha, changed in ((1.0, 7), (0.0, 3)):  # index of the input to perturb: sampled, dataset actions
-        inputs = list(loss_inputs(module, alpha))
-        _, stats = module.policy_loss(*inputs[:1], *inputs[2:], inputs[1])
-        inputs[changed] = inputs[changed] + 0.3
-        _, perturbed = module.policy_loss(*inputs[:1], *inputs[2:], inputs[1])
+    for alpha, changed in ((1.0, "sampled"), (0.0, "dataset_actions")):  # the input that must not matter
+        agent, args, batch = loss_inputs(module, alpha)
+        _, stats = module.policy_loss(agent, batch, args)
+        batch = batch._replace(**{changed: getattr(batch, changed) + 0.3})
+        _, perturbed = module.policy_loss(agent, batch, args)
         torch.testing.assert_close(stats["losses/policy_loss"], perturbed["losses/policy_loss"])
 
 
@@ -99,8 +101,9 @@ def test_dime_bc_cross_entropy_matches_the_mixture_of_eq_11():
     """The M-step loss at initialisation (π_θ = π_i) is -Σ (1-α)w_i log π(a_i) - α log π(a_D), valid rows."""
     import dime_bc
 
-    agent, args, states, actions, valid, mean_i, std_i, sampled, q_values = loss_inputs(dime_bc, alpha=0.45)
-    _, stats = dime_bc.policy_loss(agent, states, actions, valid, mean_i, std_i, sampled, q_values, args)
+    agent, args, batch = loss_inputs(dime_bc, alpha=0.45)
+    _, stats = dime_bc.policy_loss(agent, batch, args)
+    _, actions, valid, mean_i, std_i, sampled, q_values = batch
     temperature = float(dime_bc.dual(agent.log_temperature).detach())
     weights = torch.softmax(q_values[:-1] / temperature, 0)
     normal = torch.distributions.Normal(mean_i.detach(), std_i.detach())
