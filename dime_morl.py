@@ -585,6 +585,12 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
     return stats
 
 
+# ========================================================================================================
+# The algorithm ends here: sections 1-8 above copy into other code as one block. Below is the harness
+# (training loop, evaluation, logging, checkpoints, export): an algorithm change should not touch it.
+# ========================================================================================================
+
+
 # ==== 9. main: seeding, run directory, actors and learner =================================================
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
