@@ -110,6 +110,17 @@ def mean_se(samples: list[float]) -> tuple[float, float | None, int]:
     return float(np.mean(samples)), se, n
 
 
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def ci95(se: float | None, n: int | None) -> float | None:
+    """Half-width of the 95 % interval of a mean: Student t with n - 1 degrees of freedom (n seeds), or the
+    normal 1.96 when n is unknown (a mean over tasks) or above 11."""
+    if se is None:
+        return None
+    return se * (T_975.get(n - 1, 1.96) if n else 1.96)
+
+
 def mean_over_tasks(stats: list[tuple[float, float | None, int]]) -> tuple[float, float | None]:
     """Mean of per-task means and its se sqrt(Σ se_t²)/T (None if any task's se is)."""
     means, ses = [s[0] for s in stats], [s[1] for s in stats]
@@ -153,7 +164,9 @@ def fmt_alpha(alpha) -> str:
 
 
 def fmt_stat(mean: float, se: float | None, n: int | None = None) -> str:
-    text = f"{mean:.1f}" if se is None else f"{mean:.1f} ± {se:.1f}"
+    """mean ± the half-width of its 95 % interval (seeds)."""
+    half = ci95(se, n)
+    text = f"{mean:.1f}" if half is None else f"{mean:.1f} ± {half:.1f}"
     return text if n is None else f"{text} ({n})"
 
 
@@ -163,7 +176,11 @@ def markdown(summary: dict, directory: str) -> str:
     head = "| " + " | ".join(tasks + [MEAN_PANEL]) + " |"
     rule = "|---" * (len(tasks) + 2) + "|---|"
     lines = [f"# Final return: {directory}", ""]
-    lines += ["Mean ± standard error over seeds (number of seeds); final evaluation of each run.", ""]
+    lines += [
+        "Mean ± half-width of the 95 % interval over seeds (Student t; number of seeds); over tasks:",
+        "",
+    ]
+    lines += ["± 1.96 × the combined standard error. Final evaluation of each run.", ""]
     lines += ["## Per method and α", "", "| method | α " + head, rule]
     for row in summary["rows"]:
         cells = [fmt_stat(*row["tasks"][t]) if t in row["tasks"] else "-" for t in tasks]

@@ -261,8 +261,8 @@ def test_aggregate_matches_hand_computed_means(fixture_dir, tmp_path):
     assert ("alpha", "dime_multi-bc", "mean", "0.3") not in got  # no task B: no mean over tasks
     assert not any(r["method"].startswith("dime_morl") for r in rows)  # per-objective returns are left out
     table = (out / "table.md").read_text()
-    assert "| ls | 0.3 | 20.0 ± 5.8 (3) | 5.0 (1) | 12.5 |" in table
-    assert "| ls | 42.0 ± 2.0 (2), α=0.7 | 5.0 (1), α=0.3 | 23.5 |" in table
+    assert "| ls | 0.3 | 20.0 ± 24.8 (3) | 5.0 (1) | 12.5 |" in table  # t(2) = 4.303 × se 5.7735
+    assert "| ls | 42.0 ± 25.4 (2), α=0.7 | 5.0 (1), α=0.3 | 23.5 |" in table  # t(1) = 12.706 × se 2.0
     for name in ("alpha.png", "curves.png"):
         assert (out / name).stat().st_size > 1000
 
