@@ -170,6 +170,12 @@ def fmt_stat(mean: float, se: float | None, n: int | None = None) -> str:
     return text if n is None else f"{text} ({n})"
 
 
+def fmt_over_tasks(mean_se: tuple[float, float | None], stats) -> str:
+    """The mean over tasks ± its 95 % interval: t at the fewest seeds of any task (conservative)."""
+    half = ci95(mean_se[1], min(n for *_, n in stats))
+    return f"{mean_se[0]:.1f}" if half is None else f"{mean_se[0]:.1f} ± {half:.1f}"
+
+
 def markdown(summary: dict, directory: str) -> str:
     """Two tables: per method and α, and best α per task; cells are mean ± se (seeds)."""
     tasks = summary["tasks"]
@@ -177,14 +183,14 @@ def markdown(summary: dict, directory: str) -> str:
     rule = "|---" * (len(tasks) + 2) + "|---|"
     lines = [f"# Final return: {directory}", ""]
     lines += [
-        "Mean ± half-width of the 95 % interval over seeds (Student t; number of seeds); over tasks:",
+        "Mean ± half-width of the 95 % interval over seeds (Student t; number of seeds); over tasks,",
         "",
     ]
-    lines += ["± 1.96 × the combined standard error. Final evaluation of each run.", ""]
+    lines += ["t at the fewest seeds × the combined standard error. Final evaluation of each run.", ""]
     lines += ["## Per method and α", "", "| method | α " + head, rule]
     for row in summary["rows"]:
         cells = [fmt_stat(*row["tasks"][t]) if t in row["tasks"] else "-" for t in tasks]
-        cells.append(fmt_stat(*row["mean"]) if row["mean"] else "-")
+        cells.append(fmt_over_tasks(row["mean"], row["tasks"].values()) if row["mean"] else "-")
         lines.append(f"| {row['method']} | {fmt_alpha(row['alpha'])} | " + " | ".join(cells) + " |")
     lines += ["", "## Best α per task", "", "| method " + head, rule[4:]]
     for row in summary["best"]:
@@ -192,7 +198,8 @@ def markdown(summary: dict, directory: str) -> str:
         for t in tasks:
             alpha, stat = row["tasks"].get(t, (None, None))
             cells.append(f"{fmt_stat(*stat)}, α={fmt_alpha(alpha)}" if stat else "-")
-        cells.append(fmt_stat(*row["mean"]) if row["mean"] else "-")
+        stats = [stat for _, stat in row["tasks"].values()]
+        cells.append(fmt_over_tasks(row["mean"], stats) if row["mean"] else "-")
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
