@@ -154,9 +154,16 @@ def check_args(args: Args) -> None:
         fail("--alpha is required: the trade-off in (0, 1] (paper: 0.3; 1 = BC)")
     if args.alpha is not None and not 0.0 < args.alpha <= 1.0:
         fail(f"--alpha {args.alpha} is out of range; use a value in (0, 1] (paper: 0.3; 1 = BC)")
-    for name in ("batch_size", "num_samples", "n_step", "num_atoms", "eval_episodes", "total_steps"):
-        if getattr(args, name) < 1 + (name == "num_atoms"):
-            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
+    for name, least in {
+        "batch_size": 1,
+        "num_samples": 1,
+        "n_step": 1,
+        "num_atoms": 2,
+        "eval_episodes": 1,
+        "total_steps": 1,
+    }.items():  # a categorical critic needs two atoms
+        if getattr(args, name) < least:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if not args.v_min < args.v_max:
         fail(f"--v-min {args.v_min} must be below --v-max {args.v_max}")
 

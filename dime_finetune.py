@@ -189,9 +189,16 @@ def check_args(args: Args) -> None:
     """Validate flags once, naming the flag, the value received and the fix."""
     if not 0.0 <= args.alpha <= 1.0 or args.learn_alpha and not 0.0 < args.alpha < 1.0:
         fail(f"--alpha {args.alpha} is out of range; use [0, 1] ((0, 1) with --learn-alpha; paper: 0.5)")
-    for name in ("batch_size", "num_samples", "n_step", "num_envs", "num_atoms", "eval_episodes"):
-        if getattr(args, name) < 1 + (name == "num_atoms"):
-            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
+    for name, least in {
+        "batch_size": 1,
+        "num_samples": 1,
+        "n_step": 1,
+        "num_envs": 1,
+        "num_atoms": 2,
+        "eval_episodes": 1,
+    }.items():  # a categorical critic needs two atoms
+        if getattr(args, name) < least:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if args.buffer_size < args.num_envs * (args.n_step + 1):
         fail(f"--buffer-size {args.buffer_size} cannot hold n-step windows; use at least 10000")
 
@@ -407,15 +414,14 @@ def e_step(agent: Agent, q_task, log_ratio, alpha, args: Args):
     if args.method == "ls":  # one E-step on the scalarised objective (eq. 6)
         q, epsilon = ((1 - alpha) * q_task + alpha * log_ratio)[..., None], q_task.new_tensor([args.epsilon])
         weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilon, temperature)
-        return weights[..., 0], temperature_loss, compute_nonparametric_kl(weights) / epsilon
+        return weights[..., 0], temperature_loss, compute_nonparametric_kl(weights)
     q, epsilon = torch.stack([q_task, log_ratio], -1), q_task.new_tensor([args.epsilon, args.epsilon_teacher])
     if args.fixed_eta2:  # η_2 = 1: q_2 ∝ π_i·π_b/π_i = π_b (eq. 8); only η_1 is learned
         temperature = torch.stack([temperature[0], temperature.new_tensor(1.0)])
         epsilon = epsilon * epsilon.new_tensor([1.0, 0.0])
     weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilon, temperature)
     mixture = (1 - alpha) * weights[..., 0] + alpha * weights[..., 1]  # eq. 7: the α-mixture of q_1, q_2
-    kl_q = compute_nonparametric_kl(weights)  # relative to its bound; absolute where η_2 is fixed
-    return mixture, temperature_loss, kl_q / torch.where(epsilon > 0, epsilon, torch.ones_like(epsilon))
+    return mixture, temperature_loss, compute_nonparametric_kl(weights)  # KL(q_k ‖ π_i), absolute
 
 
 def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_task, log_ratio, args: Args):
@@ -423,7 +429,7 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_tas
     `actions` [N, B, D]; the E-step weights them per objective, the M-step fits the mixture. Returns
     (loss incl. duals and the learned trade-off's loss, stats)."""
     alpha = tradeoff(agent, args)
-    weights, temperature_loss, kl_q_rel = e_step(agent, q_task, log_ratio, alpha, args)
+    weights, temperature_loss, kl_q = e_step(agent, q_task, log_ratio, alpha, args)
     mean, stddev = agent.policy(states)
     cross_entropy = compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev)
     kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
@@ -435,8 +441,12 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_tas
     stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
     stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
     stats["charts/tradeoff"], stats["losses/log_ratio_mean"] = alpha.detach(), log_ratio.mean()
-    for k, (eta, kl_q) in enumerate(zip(dual(agent.log_temperature), kl_q_rel)):
-        stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
+    bounds = [args.epsilon] if args.method == "ls" else [args.epsilon, args.epsilon_teacher]
+    for k, (eta, kl, bound) in enumerate(zip(dual(agent.log_temperature), kl_q, bounds)):
+        if k == 1 and args.fixed_eta2:  # η_2 = 1 is fixed and unbounded: its KL is logged as it is
+            stats["losses/temperature_1"], stats["losses/kl_q_1"] = eta.new_tensor(1.0), kl
+        else:
+            stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl / bound
     loss = loss + temperature_loss + dual_mean + dual_std
     if args.learn_alpha:
         stats["losses/q_minus_threshold"] = q_task.mean() - args.return_threshold

@@ -219,9 +219,16 @@ def check_args(args: Args) -> None:
         fail("--multi supports --method dime or ls (MO-MPO's trade-offs are KL bounds); drop --multi")
     if args.multi and not 0.0 <= args.alpha_range[0] <= args.alpha_range[1]:
         fail(f"--alpha-range {args.alpha_range} must be two increasing non-negative values")
-    for name in ("batch_size", "num_samples", "n_step", "num_envs", "num_atoms", "eval_episodes"):
-        if getattr(args, name) < 1 + (name == "num_atoms"):
-            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use a positive value")
+    for name, least in {
+        "batch_size": 1,
+        "num_samples": 1,
+        "n_step": 1,
+        "num_envs": 1,
+        "num_atoms": 2,
+        "eval_episodes": 1,
+    }.items():  # a categorical critic needs two atoms
+        if getattr(args, name) < least:
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if not bandit and args.buffer_size < args.num_envs * (args.n_step + 1):
         fail(f"--buffer-size {args.buffer_size} cannot hold n-step windows; use at least 10000")
     if args.save_replay and (bandit or os.path.exists(args.save_replay)):
@@ -359,6 +366,9 @@ class Agent(nn.Module):
         if self.critic is not None:
             self.target_critic.load_state_dict(self.critic.state_dict())
 
+    def duals(self) -> list[nn.Parameter]:
+        return [self.log_temperature, self.log_alpha_mean, self.log_alpha_stddev]
+
 
 def make_optimizers(agent: Agent, args: Args) -> dict:
     """One optimiser per parameter group, as in Acme's DMPO learner: policy, critic (if any), duals."""
@@ -367,8 +377,7 @@ def make_optimizers(agent: Agent, args: Args) -> dict:
         n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=args.weight_decay)
         for n in groups
     }
-    duals = [agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev]
-    optimizers["duals"] = torch.optim.Adam(duals, args.dual_lr)
+    optimizers["duals"] = torch.optim.Adam(agent.duals(), args.dual_lr)
     return optimizers
 
 
@@ -580,7 +589,7 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
             nn.utils.clip_grad_norm_(getattr(agent, name).parameters(), args.grad_clip)
         opt.step()
     with torch.no_grad():
-        for p in (agent.log_temperature, agent.log_alpha_mean, agent.log_alpha_stddev):
+        for p in agent.duals():
             p.clamp_(min=MIN_LOG_DUAL)
     return stats
 
@@ -617,7 +626,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     spaces = spaces if bandit else (envs.single_observation_space.shape, envs.single_action_space.shape)
     (obs_dim,), (act_dim,) = spaces
     num_temperatures = (1 if args.method == "ls" else 2) + args.action_penalization
-    agent = Agent(obs_dim + 2 * args.multi, act_dim, num_temperatures, args).to(device)
+    cond_dim = 2 if args.multi else 0  # a --multi policy and critic also see the trade-off vector (K = 2)
+    agent = Agent(obs_dim + cond_dim, act_dim, num_temperatures, args).to(device)
     if args.compile:
         compile_networks(agent)
     atoms = None if bandit else critic_supports(args, act_dim).to(device)
