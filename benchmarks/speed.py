@@ -40,27 +40,35 @@ def seconds_per_step(step, steps: int, warmup: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def time_morl_learner(
-    preset, device, steps, num_samples=20, compile=False, bf16=False, obs_dim=17, act_dim=6
-):
-    """Seconds per dime_morl learner step on a full replay of random transitions (cheetah_run sizes)."""
+def online_setup(module, preset, device, num_samples, compile, bf16, obs_dim, act_dim, **extra):
+    """Args, agent, optimisers and a full replay of random transitions for an online script's learner."""
     hidden, batch = PRESETS[preset]
-    args = dime_morl.Args(
+    args = module.Args(
         env_id="cheetah_run",
         hidden_sizes=hidden,
         batch_size=batch,
         buffer_size=100_000,
         num_samples=num_samples,
         bf16=bf16,
+        **extra,
     )
-    agent = dime_morl.Agent(obs_dim, act_dim, 2, args).to(device)
+    objectives = (2,) if module is dime_morl else ()  # dime_morl: task and energy objectives
+    agent = module.Agent(obs_dim, act_dim, *objectives, args).to(device)
     if compile:
-        dime_morl.compile_networks(agent)
-    optimizers = dime_morl.make_optimizers(agent, args)
-    replay = dime_morl.Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
+        module.compile_networks(agent)
+    replay = module.Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, *objectives, device)
     for v in replay.data.values():
         v.copy_(torch.rand(v.shape) < 0.001 if v.dtype == torch.bool else torch.randn(v.shape))
     replay.full = True
+    return args, agent, module.make_optimizers(agent, args), replay
+
+
+def time_morl_learner(
+    preset, device, steps, num_samples=20, compile=False, bf16=False, obs_dim=17, act_dim=6
+):
+    """Seconds per dime_morl learner step on a full replay of random transitions (cheetah_run sizes)."""
+    setup = online_setup(dime_morl, preset, device, num_samples, compile, bf16, obs_dim, act_dim)
+    args, agent, optimizers, replay = setup
     atoms = dime_morl.critic_supports(args, act_dim).to(device)
     gen = torch.Generator(device).manual_seed(0)
     step = lambda: dime_morl.learner_step(agent, optimizers, replay, atoms, args, gen)
@@ -72,25 +80,11 @@ def time_finetune_learner(
 ):
     """Seconds per dime_finetune learner step on a full replay of random transitions, with a teacher of the
     same size as the policy (cheetah_run sizes)."""
-    hidden, batch = PRESETS[preset]
-    args = dime_finetune.Args(
-        env_id="cheetah_run",
-        hidden_sizes=hidden,
-        batch_size=batch,
-        buffer_size=100_000,
-        num_samples=num_samples,
-        bf16=bf16,
-        return_threshold=0.0,
+    setup = online_setup(
+        dime_finetune, preset, device, num_samples, compile, bf16, obs_dim, act_dim, return_threshold=0.0
     )
-    agent = dime_finetune.Agent(obs_dim, act_dim, args).to(device)
-    teacher = dime_finetune.Policy(obs_dim, act_dim, hidden).to(device).eval()
-    if compile:
-        dime_finetune.compile_networks(agent)
-    optimizers = dime_finetune.make_optimizers(agent, args)
-    replay = dime_finetune.Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, device)
-    for v in replay.data.values():
-        v.copy_(torch.rand(v.shape) < 0.001 if v.dtype == torch.bool else torch.randn(v.shape))
-    replay.full = True
+    args, agent, optimizers, replay = setup
+    teacher = dime_finetune.Policy(obs_dim, act_dim, args.hidden_sizes).to(device).eval()
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
     gen = torch.Generator(device).manual_seed(0)
     step = lambda: dime_finetune.learner_step(agent, optimizers, replay, teacher, atoms, args, gen)

@@ -9,36 +9,6 @@ import torch
 import dime_morl as m
 
 
-def solve_temperature(q_values: torch.Tensor, epsilon: torch.Tensor, steps: int = 3000) -> torch.Tensor:
-    """Minimise the E-step temperature dual (eq. 45) with Adam, as the learner does."""
-    log_temperature = torch.zeros(q_values.shape[-1], dtype=q_values.dtype, requires_grad=True)
-    opt = torch.optim.Adam([log_temperature], lr=0.05)
-    for _ in range(steps):
-        _, loss = m.compute_weights_and_temperature_loss(q_values, epsilon, m.dual(log_temperature))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.dual(log_temperature).detach()
-
-
-def test_dime_weights_are_scale_invariant_and_ls_weights_are_not():
-    """Scaling one objective's Q by 10 leaves DiME's E-step weights unchanged, not LS's (Sec. 3.2, 4)."""
-    torch.manual_seed(2)
-    q = torch.randn(20, 32, 2, dtype=torch.float64)
-    scaled = q * torch.tensor([1.0, 10.0], dtype=torch.float64)
-    tradeoff = torch.tensor([[0.5, 0.5]], dtype=torch.float64).expand(32, 2)
-
-    def weights(method, q_values):
-        q_e, eps, _ = m.combine_objectives(q_values, tradeoff, method, 0.1)
-        w, _ = m.compute_weights_and_temperature_loss(q_e, eps, solve_temperature(q_e, eps))
-        return w
-
-    dime, dime_scaled = weights("dime", q), weights("dime", scaled)
-    ls, ls_scaled = weights("ls", q), weights("ls", scaled)
-    assert (dime - dime_scaled).abs().max().item() < 5e-3
-    assert (ls - ls_scaled).abs().max().item() > 0.05
-
-
 def test_combine_objectives_per_method():
     q = torch.randn(4, 3, 2)
     tradeoff = torch.tensor([[1.0, 0.3]]).expand(3, 2)

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
+import dime_morl as m
+
 MPO_SCRIPTS = ["dime_bc", "dime_awbc", "dime_multi", "dime_finetune", "dime_morl"]
 MPO_CORE = [
     "inv_softplus",
@@ -166,3 +168,21 @@ def test_kl_penalty_and_dual_gradients(core):
     # The dual grows α where KL exceeds ε (dimension 1: 0.04 > 0.02) and shrinks it where KL is below.
     (g,) = torch.autograd.grad(core.compute_kl_penalty_and_dual_loss(kl, log_alpha, 0.03)[1], log_alpha)
     assert g[0] > 0 and g[1] < 0
+
+
+def test_dime_weights_are_scale_invariant_and_ls_weights_are_not():
+    """Scaling one objective's Q by 10 leaves DiME's E-step weights unchanged, not LS's (Sec. 3.2, 4)."""
+    torch.manual_seed(2)
+    q = torch.randn(20, 32, 2, dtype=torch.float64)
+    scaled = q * torch.tensor([1.0, 10.0], dtype=torch.float64)
+    tradeoff = torch.tensor([[0.5, 0.5]], dtype=torch.float64).expand(32, 2)
+
+    def weights(method, q_values):
+        q_e, eps, _ = m.combine_objectives(q_values, tradeoff, method, 0.1)
+        w, _ = m.compute_weights_and_temperature_loss(q_e, eps, solve_temperature(m, q_e, eps))
+        return w
+
+    dime, dime_scaled = weights("dime", q), weights("dime", scaled)
+    ls, ls_scaled = weights("ls", q), weights("ls", scaled)
+    assert (dime - dime_scaled).abs().max().item() < 5e-3
+    assert (ls - ls_scaled).abs().max().item() > 0.05
