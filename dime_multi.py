@@ -762,7 +762,7 @@ def save_checkpoint(run_dir, args, agent, optimizers, gen, state) -> None:
     atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(args: Args, typed: frozenset[str]) -> dict:
+def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
