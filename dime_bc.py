@@ -32,7 +32,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -48,95 +48,70 @@ from common.datasets import DatasetError, check_env, discounted_returns, load_da
 MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
 MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
+SCRIPT = os.path.basename(__file__)
 CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
-RESUME_OVERRIDES = (
-    "total_steps checkpoint_every eval_every resume cuda track save_model log_every compile bf16".split()
-)
+RESUME_OVERRIDES = {"total_steps", "checkpoint_every", "eval_every", "resume", "cuda", "track", "save_model"}
+RESUME_OVERRIDES |= {"log_every", "compile", "bf16"}  # flags a --resume may change
+AT_LEAST = dict(batch_size=1, num_samples=1, n_step=1, num_atoms=2, eval_episodes=1, total_steps=1)
 
 
 # ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (part of the run directory name)"""
-    seed: int = 1
-    """seed of python, numpy, torch and the evaluation environments"""
-    torch_deterministic: bool = True
-    """sets `torch.backends.cudnn.deterministic`"""
-    cuda: bool = True
-    """use CUDA when available (falls back to CPU with a notice)"""
-    output_dir: str = "runs"
-    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
-    track: bool = False
-    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
-    wandb_project_name: str = "dime-rl"
-    """the wandb project name"""
-    save_model: bool = False
-    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end"""
-    checkpoint_every: int = 50_000
-    """write <run>/checkpoint.pt every this many learner steps; 0 = never"""
-    resume: str | None = None
-    """a checkpoint.pt to continue exactly (same run directory and flags; --total-steps may grow)"""
-    log_every: int = 100
-    """log losses every this many learner steps (the learner's only device->host copy)"""
-    compile: bool = False
-    """torch.compile the networks (faster learner steps after some seconds of compilation)"""
-    bf16: bool = False
-    """every forward and backward pass of the learner in bfloat16 autocast (fp32 weights, losses, C51)"""
+    exp_name: str = SCRIPT[: -len(".py")]  # the name of this experiment (part of the run directory name)
+    seed: int = 1  # seed of python, numpy, torch and the evaluation environments
+    torch_deterministic: bool = True  # sets `torch.backends.cudnn.deterministic`
+    cuda: bool = True  # use CUDA when available (falls back to CPU with a notice)
+    output_dir: str = "runs"  # runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/
+    track: bool = False  # log to Weights & Biases (imported only then; synced with TensorBoard)
+    wandb_project_name: str = "dime-rl"  # the wandb project name
+    save_model: bool = False  # export the policy (torch.export, loads without this file) to <run>/policy.pt2
+    checkpoint_every: int = 50_000  # write <run>/checkpoint.pt every this many learner steps; 0 = never
+    resume: str | None = None  # a checkpoint.pt to continue exactly (same flags; --total-steps may grow)
+    log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
+    compile: bool = False  # torch.compile the networks (faster steps after some seconds of compilation)
+    bf16: bool = False  # the learner's passes in bfloat16 autocast (fp32 weights, losses, C51 projection)
 
     # Algorithm specific arguments
+    # control-suite task <domain>_<task> (builds the zoo dataset) or a gymnasium id, e.g. FrankaKitchen-v1
     env_id: str = "cheetah_run"
-    """control-suite task <domain>_<task> (builds the zoo dataset) or a gymnasium id, e.g. FrankaKitchen-v1"""
-    env_kwargs: str | None = None
-    """gymnasium.make keyword arguments (JSON) for a gymnasium --env-id; default: the Minari dataset's own"""
+    env_kwargs: str | None = None  # gymnasium.make keywords (JSON); default: the Minari dataset's own
+    # 'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari id or directory, or RLU shards
     dataset: str = "zoo"
-    """'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari id or directory, or RLU shards"""
-    alpha: float | None = None
-    """(required) trade-off in [0, 1]: weight of the BC objective (eq. 11); paper: 0.45"""
-    total_steps: int = 1_000_000
-    """learner steps (Table 3)"""
-    batch_size: int = 512
-    """transitions per learner step (Table 3)"""
+    alpha: float | None = None  # (required) weight of the BC objective in [0, 1] (eq. 11); paper: 0.45
+    total_steps: int = 1_000_000  # learner steps (Table 3)
+    batch_size: int = 512  # transitions per learner step (Table 3)
+    # hidden layers of policy and critic (Table 3); CPU preset: 256 256 256
     hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
-    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
-    num_samples: int = 30
-    """N: actions sampled per state for the E-step and the C51 mixture target (Table 3)"""
-    n_step: int = 5
-    """n of the n-step return (Table 3)"""
-    gamma: float = 0.99
-    """discount (Table 3)"""
-    v_min: float = -150.0
-    """lower end of the critic's support (Table 3)"""
-    v_max: float = 150.0
-    """upper end of the critic's support (Table 3)"""
-    num_atoms: int = 101
-    """atoms of the categorical critic (Table 3)"""
-    epsilon: float = 0.5
-    """ε: KL bound of the RL objective's E-step (Table 4, RL Unplugged)"""
-    epsilon_mean: float = 0.0025
-    """ε_μ: M-step KL bound on the policy mean (Table 3)"""
-    epsilon_stddev: float = 1e-5
-    """ε_σ: M-step KL bound on the policy stddev (Table 3)"""
-    init_temperature: float = 10.0
-    """initial temperature η (Table 3)"""
-    init_log_alpha_mean: float = 1.0
-    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO)"""
-    init_log_alpha_stddev: float = 10.0
-    """same for α_σ (Acme TF DMPO)"""
-    lr: float = 1e-4
-    """Adam learning rate of policy and critic (Table 3)"""
-    dual_lr: float = 1e-2
-    """Adam learning rate of the dual variables (Table 3)"""
-    weight_decay: float = 0.01
-    """decoupled (AdamW) weight decay: lr·decay = 1e-6, a per-step shrink of 0.999999 (Table 4)"""
-    target_update_period: int = 100
-    """learner steps between hard copies into the target networks (Table 3)"""
-    grad_clip: float = 40.0
-    """global gradient-norm clip of policy and critic"""
-    eval_every: int = 10_000
-    """evaluate in the environment every this many learner steps"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
+    num_samples: int = 30  # N: actions sampled per state for the E-step and the C51 mixture target (Table 3)
+    n_step: int = 5  # n of the n-step return (Table 3)
+    gamma: float = 0.99  # discount (Table 3)
+    v_min: float = -150.0  # lower end of the critic's support (Table 3)
+    v_max: float = 150.0  # upper end of the critic's support (Table 3)
+    num_atoms: int = 101  # atoms of the categorical critic (Table 3)
+    epsilon: float = 0.5  # ε: KL bound of the RL objective's E-step (Table 4, RL Unplugged)
+    epsilon_mean: float = 0.0025  # ε_μ: M-step KL bound on the policy mean (Table 3)
+    epsilon_stddev: float = 1e-5  # ε_σ: M-step KL bound on the policy stddev (Table 3)
+    init_temperature: float = 10.0  # initial temperature η (Table 3)
+    init_log_alpha_mean: float = 1.0  # initial softplus-space value of the mean multiplier α_μ (Acme TF DMPO)
+    init_log_alpha_stddev: float = 10.0  # same for α_σ (Acme TF DMPO)
+    lr: float = 1e-4  # Adam learning rate of policy and critic (Table 3)
+    dual_lr: float = 1e-2  # Adam learning rate of the dual variables (Table 3)
+    weight_decay: float = 0.01  # decoupled (AdamW) weight decay: lr·decay = 1e-6 per step (Table 4)
+    target_update_period: int = 100  # learner steps between hard copies into the target networks (Table 3)
+    grad_clip: float = 40.0  # global gradient-norm clip of policy and critic
+    eval_every: int = 10_000  # evaluate in the environment every this many learner steps
+    eval_episodes: int = 10  # episodes per evaluation
+
+
+@dataclass
+class TrainState:
+    """All a checkpoint carries besides networks, optimisers and RNG: counters and the results so far."""
+
+    learner_steps: int = 0
+    wall_time: float = 0.0
+    evaluations: list = field(default_factory=list)
+    diagnostics: dict = field(default_factory=dict)  # the last logged averages, copied into each evaluation
 
 
 def fail(message: str) -> None:
@@ -145,39 +120,41 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def diverged(what: str, step: int, run_dir: str) -> None:
-    kept = f"the last good checkpoint is kept in {run_dir}"
-    fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
-
-
-def check_bf16(device: torch.device) -> None:
-    """--bf16 needs bfloat16: refused on a GPU without it; emulated (slower than fp32) with a notice on a CPU
-    without native bfloat16 matmuls (avx512_bf16 or AMX)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if device.type == "cpu" and not native:
-        print("notice: this CPU has no native bfloat16 matmuls; --bf16 runs slower than fp32")
-
-
 def check_args(args: Args) -> None:
     """Validate flags once, naming the flag, the value received and the fix."""
     if args.alpha is None and not args.resume:
         fail("--alpha is required: the weight of the BC objective in [0, 1] (paper: 0.45; 1 = BC)")
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         fail(f"--alpha {args.alpha} is out of range; use a value in [0, 1] (paper: 0.45)")
-    for name, least in {
-        "batch_size": 1,
-        "num_samples": 1,
-        "n_step": 1,
-        "num_atoms": 2,
-        "eval_episodes": 1,
-        "total_steps": 1,
-    }.items():  # a categorical critic needs two atoms
+    for name, least in AT_LEAST.items():  # a categorical critic needs two atoms
         if getattr(args, name) < least:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if not args.v_min < args.v_max:
         fail(f"--v-min {args.v_min} must be below --v-max {args.v_max}")
+
+
+def check_device(args: Args) -> torch.device:
+    """The training device, with a notice on a CPU; --bf16 is refused on a GPU without bfloat16 and slower
+    than fp32 (notice) on a CPU without native bfloat16 matmuls (avx512_bf16 or AMX)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("notice: CUDA is not available, training on the CPU")
+    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
+        print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
+    if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if args.bf16 and device.type == "cpu" and not native:
+        print("notice: this CPU has no native bfloat16 matmuls; --bf16 runs slower than fp32")
+    return device
+
+
+def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
+    """The one divergence guard, before a log, an evaluation or a checkpoint: stop on non-finite parameters,
+    so that they never reach the environment or overwrite the last good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in agent.parameters()):
+        kept = f"the last good checkpoint is kept in {run_dir}"
+        fail(f"training diverged by learner step {step} (parameters not finite); {kept}; lower --lr")
 
 
 # ==== 2. Environment and dataset ==========================================================================
@@ -219,10 +196,9 @@ def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int], str | No
     gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
     try:
         ds = load_dataset(args.dataset, args.env_id, seed=0)
-        spec = ds.env_spec
+        spec, env_kwargs = ds.env_spec, args.env_kwargs
         if spec and spec["id"] != args.env_id:
             raise DatasetError(f"{ds.source} was recorded on {spec['id']}; pass --env-id {spec['id']}")
-        env_kwargs = args.env_kwargs
         if spec and env_kwargs is None:
             env_kwargs = json.dumps({**spec["kwargs"], "max_episode_steps": spec["max_episode_steps"]})
         envs = make_envs(args.env_id, 1, env_kwargs)
@@ -500,7 +476,18 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
 # ========================================================================================================
 
 
-# ==== 9. main: seeding, dataset, learner loop ===============================================================
+# ==== 9. main: seeding, dataset, training loop ============================================================
+@dataclass
+class Run:
+    """Where a run writes: its directory, TensorBoard writer and progress bar; the clock of its last log."""
+
+    dir: str
+    writer: object
+    progress: tqdm
+    start: float
+    last_log: tuple[int, float]
+
+
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
     os.environ.setdefault("MUJOCO_GL", "disable")  # evaluation needs no rendering; before dm_control loads
@@ -511,13 +498,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.cuda and device.type == "cpu":
-        print("notice: CUDA is not available, training on the CPU")
-    if args.bf16:
-        check_bf16(device)
-    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
-        print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
+    device = check_device(args)
     gen = torch.Generator(device).manual_seed(args.seed)
     data, dataset_info, (obs_dim, act_dim), env_kwargs = load_data(args, device)
     args = dataclasses.replace(args, env_kwargs=env_kwargs)  # evaluation uses the dataset's env settings
@@ -525,58 +506,46 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     if args.compile:
         compile_networks(agent)
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
-    optimizers = make_optimizers(agent, args)
-    state = dict(learner_steps=0, last_ckpt=0, evaluations=[], wall_time=0.0)  # all a checkpoint carries
+    optimizers, state = make_optimizers(agent, args), TrainState()
     if ckpt:
-        restore(ckpt, agent, optimizers, gen, state)
-    run_dir, writer = open_run(args)
-    bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
-    progress = tqdm(total=args.total_steps, initial=state["learner_steps"], **bar)
-    start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
-
-    def checkpoint() -> None:
-        state["wall_time"], state["last_ckpt"] = time.time() - start, state["learner_steps"]
-        save_checkpoint(run_dir, args, agent, optimizers, gen, state)
-
-    while state["learner_steps"] < args.total_steps:
-        step = state["learner_steps"]
-        if step % args.eval_every == 0 and not any(e["step"] == step for e in state["evaluations"]):
-            evaluate_and_log(agent, args, state, writer, device, progress, data, atoms)
-        if args.checkpoint_every and step % args.checkpoint_every == 0 and step > state["last_ckpt"]:
-            checkpoint()
+        state = restore(ckpt, agent, optimizers, gen)
+    run, metrics = open_run(args, state), []
+    if state.learner_steps == 0:
+        evaluate_and_log(agent, args, state, run, data, atoms)
+    while state.learner_steps < args.total_steps:
         metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
-        state["learner_steps"] = step = step + 1
+        state.learner_steps = step = state.learner_steps + 1
         if step % args.target_update_period == 0:
             agent.update_targets()
         if step % args.log_every == 0:
-            state["diagnostics"] = log_metrics(writer, metrics, step, last_log, run_dir)
-        progress.update(1)
-    if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
-        checkpoint()
-    evaluate_and_log(agent, args, state, writer, device, progress, data, atoms)
-    state["wall_time"] = time.time() - start
-    progress.close()
+            state.diagnostics = log_metrics(agent, run, metrics, step)
+        if step % args.eval_every == 0:
+            evaluate_and_log(agent, args, state, run, data, atoms)
+        if args.checkpoint_every and (step % args.checkpoint_every == 0 or step == args.total_steps):
+            save_checkpoint(run, args, agent, optimizers, gen, state)
+        run.progress.update(1)
+    if args.total_steps % args.eval_every:  # after the last checkpoint: a longer --resume does not repeat it
+        evaluate_and_log(agent, args, state, run, data, atoms)
+    state.wall_time = time.time() - run.start
+    run.progress.close()
     if args.save_model:
-        export_policy(agent, args, os.path.join(run_dir, "policy.pt2"))
-    writer.close()
-    return write_results(args, state, run_dir, dataset_info)
+        export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
+    run.writer.close()
+    return write_results(args, state, run.dir, dataset_info)
 
 
-def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> dict:
-    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf. Returns
-    the averages (the last ones go into the next evaluation's record)."""
-    keys = list(metrics[0])
+def log_metrics(agent: Agent, run: Run, metrics: list[dict], step: int) -> dict:
+    """Average the metric tensors since the last log with one device->host copy; returns the averages."""
+    check_finite(agent, step, run.dir)
+    keys = [k for k in metrics[0] if k != "loss"]
     values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
     metrics.clear()
-    if not all(math.isfinite(v) for v in values):
-        diverged(", ".join(k for k, v in zip(keys, values) if not math.isfinite(v)), step, run_dir)
     for k, v in zip(keys, values):
-        if k != "loss":
-            writer.add_scalar(k, v, step)
+        run.writer.add_scalar(k, v, step)
     now = time.time()
-    writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
-    last_log[:] = step, now
-    return {k: v for k, v in zip(keys, values) if k != "loss"}
+    run.writer.add_scalar("charts/SPS", (step - run.last_log[0]) / max(now - run.last_log[1], 1e-9), step)
+    run.last_log = step, now
+    return dict(zip(keys, values))
 
 
 # ==== 10. Evaluation ======================================================================================
@@ -591,10 +560,10 @@ def d4rl_score(info: dict) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, args: Args, step: int, device) -> tuple[np.ndarray, np.ndarray | None]:
+def evaluate(agent: Agent, args: Args, step: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-episode returns of the policy mean (clipped to [-1, 1]), and D4RL scores where the env has them
     (the best seen during the episode); reset seeds derive from (seed, step)."""
-    n = args.eval_episodes
+    n, device = args.eval_episodes, next(agent.parameters()).device
     envs = make_envs(args.env_id, n, args.env_kwargs)
     obs, _ = envs.reset(seed=[int(s) for s in np.random.SeedSequence([args.seed, step]).generate_state(n)])
     returns, scores, alive, scored = np.zeros(n), np.zeros(n), np.ones(n, bool), False
@@ -620,90 +589,80 @@ def critic_rank_correlation(critic: nn.Module, data: dict, atoms: torch.Tensor, 
     return float(torch.corrcoef(ranks)[0, 1])
 
 
-def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress, data, atoms) -> None:
+def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run, data: dict, atoms) -> None:
     """Evaluate the policy; the record also holds the critic's rank check and the last logged diagnostics."""
-    step = state["learner_steps"]
-    if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
-        diverged("policy parameters", step, writer.get_logdir())
-    returns, scores = evaluate(agent, args, step, device)
+    step = state.learner_steps
+    check_finite(agent, step, run.dir)
+    returns, scores = evaluate(agent, args, step)
     record = {"step": step, "alpha": args.alpha, "returns": returns.tolist(), "mean": float(returns.mean())}
-    rank_corr = critic_rank_correlation(agent.critic, data, atoms)
-    record.update(critic_rank_corr=rank_corr, diagnostics=state.get("diagnostics", {}))
-    writer.add_scalar("eval/critic_rank_corr", rank_corr, step)
+    record.update(critic_rank_corr=critic_rank_correlation(agent.critic, data, atoms))
+    record.update(diagnostics=state.diagnostics)
     line = f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
     if scores is not None:
         record.update(d4rl_scores=scores.tolist(), d4rl_score=float(scores.mean()))
         line += f", D4RL score {scores.mean():.2f}"
-        writer.add_scalar("eval/d4rl_score", scores.mean(), step)
-    state["evaluations"].append(record)
-    progress.write(line)
-    writer.add_scalar("eval/episodic_return", returns.mean(), step)
+    state.evaluations.append(record)
+    run.progress.write(line)
+    for key in ("mean", "d4rl_score", "critic_rank_corr"):
+        if key in record:
+            run.writer.add_scalar(f"eval/{dict(mean='episodic_return').get(key, key)}", record[key], step)
 
 
-def write_results(args: Args, state: dict, run_dir: str, dataset_info: dict) -> dict:
-    """results.json (fields: docs/<script>.md, Outputs) and a learning-curve plot."""
-    last = state["evaluations"][-1]
-    results = {"algo": os.path.basename(__file__)[:-3], "env_id": args.env_id, "seed": args.seed}
-    results.update(dataset=dataset_info, alpha=args.alpha, evaluations=state["evaluations"])
-    results["final"] = {"alpha": args.alpha, "mean": last["mean"], "std": float(np.std(last["returns"]))}
-    if "d4rl_score" in last:
-        results["final"]["d4rl_score"] = last["d4rl_score"]
-    results.update(learner_steps=state["learner_steps"], wall_time_s=state["wall_time"])
-    results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
-    results["args"] = dataclasses.asdict(args)
-    atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
-    plot_curve(results, os.path.join(run_dir, "curve.png"))
-    return results
-
-
-def plot_curve(results: dict, path: str) -> None:
-    """Evaluation return (mean ± std over episodes) against learner steps."""
+def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dict) -> dict:
+    """results.json (fields: docs/<script>.md, Outputs) and curve.png: evaluation returns (mean ± std over
+    episodes) against learner steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [e["step"] for e in results["evaluations"]]
-    mean, std = (np.array([f(e["returns"]) for e in results["evaluations"]]) for f in (np.mean, np.std))
+    last, evals = state.evaluations[-1], state.evaluations
+    final = {"alpha": args.alpha, "mean": last["mean"], "std": float(np.std(last["returns"]))}
+    final.update({"d4rl_score": last["d4rl_score"]} if "d4rl_score" in last else {})
+    results = dict(algo=SCRIPT[:-3], env_id=args.env_id, seed=args.seed, dataset=dataset_info)
+    results.update(alpha=args.alpha, evaluations=evals, final=final, learner_steps=state.learner_steps)
+    results.update(wall_time_s=state.wall_time, args=dataclasses.asdict(args))
+    results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
+    atomic_write(os.path.join(run_dir, "results.json"), lambda f: open(f, "w").write(json.dumps(results)))
+    steps = [e["step"] for e in evals]
+    mean, std = (np.array([f(e["returns"]) for e in evals]) for f in (np.mean, np.std))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(steps, mean, marker="o")
     ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    title = f"{results['algo']} {results['env_id']}, α = {results['alpha']}"
-    ax.set(xlabel="learner step", ylabel="episode return", title=title)
+    ax.set(xlabel="learner step", ylabel="episode return", title=f"{SCRIPT} {args.env_id}, α = {args.alpha}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(os.path.join(run_dir, "curve.png"), dpi=100)
     plt.close(fig)
+    return results
 
 
 # ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
-def open_run(args: Args):
-    """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
+def open_run(args: Args, state: TrainState) -> Run:
+    """The run directory (the checkpoint's on --resume) with args.json, its TensorBoard writer, progress."""
     from torch.utils.tensorboard import SummaryWriter
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.output_dir, run_name)
+    config, stamp = dataclasses.asdict(args), int(time.time())
+    name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+    run_dir = os.path.join(args.output_dir, name)
     if args.resume:  # continue in the checkpoint's directory
         run_dir = os.path.dirname(os.path.abspath(args.resume))
+        name = os.path.basename(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=bool(args.resume))
         if not args.resume:
-            write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+            atomic_write(os.path.join(run_dir, "args.json"), lambda f: open(f, "w").write(json.dumps(config)))
     except OSError as e:
         fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
     if args.track:
         import wandb
 
-        config, name = dataclasses.asdict(args), os.path.basename(run_dir)
         wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-    writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+    writer, table = SummaryWriter(run_dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-    return run_dir, writer
-
-
-def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+    bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
+    progress = tqdm(total=args.total_steps, initial=state.learner_steps, **bar)
+    now = time.time()
+    return Run(run_dir, writer, progress, now - state.wall_time, (state.learner_steps, now))
 
 
 def atomic_write(path: str, write) -> None:
@@ -713,47 +672,43 @@ def atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir, args, agent, optimizers, gen, state) -> None:
-    """Everything needed to continue exactly: networks, targets, duals, optimisers, RNG, counters, results.
-    Parameters that are no longer finite are never written over the last good checkpoint."""
-    if not all(torch.isfinite(p).all() for p in agent.parameters()):
-        diverged("parameters", state["learner_steps"], run_dir)
-    ckpt = dict(script=os.path.basename(__file__), args=dataclasses.asdict(args), agent=agent.state_dict())
+def save_checkpoint(run: Run, args: Args, agent: Agent, optimizers: dict, gen, state: TrainState) -> None:
+    """Everything needed to continue exactly: networks, targets, duals, optimisers, RNG, the TrainState."""
+    check_finite(agent, state.learner_steps, run.dir)
+    state.wall_time = time.time() - run.start
+    ckpt = dict(script=SCRIPT, args=dataclasses.asdict(args), agent=agent.state_dict(), rng=gen.get_state())
     ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
-    ckpt.update(state=state, rng=gen.get_state())
-    atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
+    ckpt["state"] = dataclasses.asdict(state)
+    atomic_write(os.path.join(run.dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
-    """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
+    """Read a checkpoint for --resume, its args updated with the flags a resume may change; refuse an
+    unreadable file, another script's checkpoint, or a flag given now that disagrees with it."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("script") != os.path.basename(__file__):
-        fail(f"--resume {args.resume} was not written by {os.path.basename(__file__)}; pass one of its own")
-    saved, defaults = ckpt["args"], Args()
-
-    def norm(value):
-        return list(value) if isinstance(value, tuple) else value
-
-    for name in saved:  # a flag given now must agree with the checkpoint's
-        value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
-        given = flag in typed or value != norm(getattr(defaults, name))
-        if name not in RESUME_OVERRIDES and given and value != old:
-            fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
-    changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
-    changed = {k: getattr(args, k) for k in changed}
-    ckpt["args"] = Args(**{**saved, **changed})
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        fail(f"--resume {args.resume} was not written by {SCRIPT}; pass one of its own")
+    as_json = lambda a: json.loads(json.dumps(a))  # tuples and lists compare equal
+    now, saved, default = map(as_json, (dataclasses.asdict(args), ckpt["args"], dataclasses.asdict(Args())))
+    given = {k for k in now if now[k] != default[k] or "--" + k.replace("_", "-") in typed}
+    for k in sorted(given - RESUME_OVERRIDES):
+        if now[k] != saved[k]:
+            flag = "--" + k.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {saved[k]}, got {now[k]}; drop {flag}")
+    ckpt["args"] = Args(**{**ckpt["args"], **{k: getattr(args, k) for k in given & RESUME_OVERRIDES}})
     return ckpt
 
 
-def restore(ckpt: dict, agent: Agent, optimizers: dict, gen, state: dict) -> None:
+def restore(ckpt: dict, agent: Agent, optimizers: dict, gen) -> TrainState:
+    """Load a checkpoint's networks, optimisers and RNG in place; returns its TrainState."""
     agent.load_state_dict(ckpt["agent"])
     for k, opt in optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
     gen.set_state(ckpt["rng"])
-    state.update(ckpt["state"])
+    return TrainState(**ckpt["state"])
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
@@ -764,7 +719,7 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
     example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
     program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
     meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
-    meta.update(alpha=args.alpha, hidden_sizes=list(args.hidden_sizes), script=os.path.basename(__file__))
+    meta.update(alpha=args.alpha, hidden_sizes=list(args.hidden_sizes), script=SCRIPT)
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
 
 

@@ -62,106 +62,72 @@ RESUME_OVERRIDES = (
 # ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
+    # the name of this experiment (part of the run directory name)
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (part of the run directory name)"""
-    seed: int = 1
-    """seed of python, numpy, torch and the environments"""
-    torch_deterministic: bool = True
-    """sets `torch.backends.cudnn.deterministic`"""
-    cuda: bool = True
-    """use CUDA when available (falls back to CPU with a notice)"""
-    output_dir: str = "runs"
-    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
-    track: bool = False
-    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
-    wandb_project_name: str = "dime-rl"
-    """the wandb project name"""
+    seed: int = 1  # seed of python, numpy, torch and the environments
+    torch_deterministic: bool = True  # sets `torch.backends.cudnn.deterministic`
+    cuda: bool = True  # use CUDA when available (falls back to CPU with a notice)
+    output_dir: str = "runs"  # runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/
+    track: bool = False  # log to Weights & Biases (imported only then; synced with TensorBoard)
+    wandb_project_name: str = "dime-rl"  # the wandb project name
+    # export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end
     save_model: bool = False
-    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end"""
+    # write <run>/checkpoint.pt every this many learner steps (at the next round boundary); 0 = never
     checkpoint_every: int = 50_000
-    """write <run>/checkpoint.pt every this many learner steps (at the next round boundary); 0 = never"""
+    # a checkpoint.pt to continue exactly (same run directory and flags; --total-env-steps may grow)
     resume: str | None = None
-    """a checkpoint.pt to continue exactly (same run directory and flags; --total-env-steps may grow)"""
-    log_every: int = 100
-    """log losses every this many learner steps (the learner's only device->host copy)"""
+    log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
+    # torch.compile the networks (faster learner steps after some seconds of compilation)
     compile: bool = False
-    """torch.compile the networks (faster learner steps after some seconds of compilation)"""
-    bf16: bool = False
-    """every forward and backward pass of the learner in bfloat16 autocast (fp32 weights, losses, C51)"""
+    bf16: bool = False  # the learner's passes in bfloat16 autocast (fp32 weights, losses, C51 projection)
 
     # Algorithm specific arguments
-    env_id: str = "cartpole_swingup"
-    """control-suite task <domain>_<task>"""
+    env_id: str = "cartpole_swingup"  # control-suite task <domain>_<task>
+    # exported teacher policy (.pt2: observations -> (mean, stddev)); default: the task's middle zoo one
     teacher: str | None = None
-    """exported teacher policy (.pt2: observations -> (mean, stddev)); default: the task's middle zoo one"""
+    # how the objectives are combined: DiME (eq. 7-8) or linear scalarization (eq. 6)
     method: Literal["dime", "ls"] = "dime"
-    """how the objectives are combined: DiME (eq. 7-8) or linear scalarization (eq. 6)"""
+    # trade-off in [0, 1]: weight of the teacher objective (the initial value with --learn-alpha)
     alpha: float = 0.5
-    """trade-off in [0, 1]: weight of the teacher objective (the initial value with --learn-alpha)"""
-    learn_alpha: bool = False
-    """learn α = sigmoid(x) by descending α·(E[Q] - c) (Sec. 6.3)"""
+    learn_alpha: bool = False  # learn α = sigmoid(x) by descending α·(E[Q] - c) (Sec. 6.3)
+    # c of the learned trade-off (default: measured, the teacher's expected Q; see --threshold-margin)
     return_threshold: float | None = None
-    """c of the learned trade-off (default: measured, the teacher's expected Q; see --threshold-margin)"""
+    # c = (1 - margin)·E[Σ_j γ^j r_{t+j}] of the teacher's sampled actions: below pure imitation's E[Q]
     threshold_margin: float = 0.1
-    """c = (1 - margin)·E[Σ_j γ^j r_{t+j}] of the teacher's sampled actions: below pure imitation's E[Q]"""
+    # the learned α's logit is clamped to ±this (α ∈ [0.018, 0.982]): no wind-up past saturation
     tradeoff_logit_bound: float = 4.0
-    """the learned α's logit is clamped to ±this (α ∈ [0.018, 0.982]): no wind-up past saturation"""
+    # learner steps during which the learned α is held at --alpha while the critic learns (Q starts at 0)
     alpha_warmup_steps: int = 2000
-    """learner steps during which the learned α is held at --alpha while the critic learns (Q starts at 0)"""
+    # dime: fix the teacher objective's temperature to 1, so its E-step is the teacher itself (eq. 8)
     fixed_eta2: bool = False
-    """dime: fix the teacher objective's temperature to 1, so its E-step is the teacher itself (eq. 8)"""
-    epsilon_teacher: float = 0.1
-    """dime: KL bound of the teacher objective's E-step when η_2 is learned"""
-    total_env_steps: int = 1_000_000
-    """environment steps (summed over actors) to train for"""
-    num_envs: int = 4
-    """number of actors"""
-    replay_ratio: float = 0.25
-    """learner steps per environment step"""
-    learning_starts: int = 5_000
-    """environment steps collected before the first learner step"""
-    buffer_size: int = 1_000_000
-    """replay capacity in transitions"""
-    batch_size: int = 1024
-    """transitions per learner step (Table 4, finetuning)"""
+    epsilon_teacher: float = 0.1  # dime: KL bound of the teacher objective's E-step when η_2 is learned
+    total_env_steps: int = 1_000_000  # environment steps (summed over actors) to train for
+    num_envs: int = 4  # number of actors
+    replay_ratio: float = 0.25  # learner steps per environment step
+    learning_starts: int = 5_000  # environment steps collected before the first learner step
+    buffer_size: int = 1_000_000  # replay capacity in transitions
+    batch_size: int = 1024  # transitions per learner step (Table 4, finetuning)
+    # hidden layers of policy and critic (Table 3); CPU preset: 256 256 256
     hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
-    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
-    num_samples: int = 20
-    """N: actions sampled per state for the E-step and the C51 mixture target"""
-    n_step: int = 5
-    """n of the n-step return (Table 3)"""
-    gamma: float = 0.99
-    """discount (Table 3)"""
-    v_min: float = -150.0
-    """lower end of the critic's support (Table 3)"""
-    v_max: float = 150.0
-    """upper end of the critic's support (Table 3)"""
-    num_atoms: int = 101
-    """atoms of the categorical critic (Table 3)"""
-    epsilon: float = 0.1
-    """ε_1: KL bound of the task objective's E-step (Table 3)"""
-    epsilon_mean: float = 0.0025
-    """ε_μ: M-step KL bound on the policy mean (Table 3)"""
-    epsilon_stddev: float = 1e-5
-    """ε_σ: M-step KL bound on the policy stddev (Table 3)"""
-    init_temperature: float = 10.0
-    """initial temperatures η (Table 3)"""
+    num_samples: int = 20  # N: actions sampled per state for the E-step and the C51 mixture target
+    n_step: int = 5  # n of the n-step return (Table 3)
+    gamma: float = 0.99  # discount (Table 3)
+    v_min: float = -150.0  # lower end of the critic's support (Table 3)
+    v_max: float = 150.0  # upper end of the critic's support (Table 3)
+    num_atoms: int = 101  # atoms of the categorical critic (Table 3)
+    epsilon: float = 0.1  # ε_1: KL bound of the task objective's E-step (Table 3)
+    epsilon_mean: float = 0.0025  # ε_μ: M-step KL bound on the policy mean (Table 3)
+    epsilon_stddev: float = 1e-5  # ε_σ: M-step KL bound on the policy stddev (Table 3)
+    init_temperature: float = 10.0  # initial temperatures η (Table 3)
+    # initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO)
     init_log_alpha_mean: float = 1.0
-    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO)"""
-    init_log_alpha_stddev: float = 10.0
-    """same for α_σ (Acme TF DMPO)"""
-    lr: float = 1e-4
-    """Adam learning rate of policy and critic (Table 3)"""
-    dual_lr: float = 1e-2
-    """Adam learning rate of the dual variables and of the learned trade-off (Table 3)"""
-    target_update_period: int = 100
-    """learner steps between hard copies into the target networks (Table 3)"""
-    grad_clip: float = 40.0
-    """global gradient-norm clip of policy and critic"""
-    eval_every: int = 10_000
-    """evaluate every this many learner steps (at the next round boundary)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
+    init_log_alpha_stddev: float = 10.0  # same for α_σ (Acme TF DMPO)
+    lr: float = 1e-4  # Adam learning rate of policy and critic (Table 3)
+    dual_lr: float = 1e-2  # Adam learning rate of the dual variables and of the learned trade-off (Table 3)
+    target_update_period: int = 100  # learner steps between hard copies into the target networks (Table 3)
+    grad_clip: float = 40.0  # global gradient-norm clip of policy and critic
+    eval_every: int = 10_000  # evaluate every this many learner steps (at the next round boundary)
+    eval_episodes: int = 10  # episodes per evaluation
 
 
 def fail(message: str) -> None:
@@ -175,14 +141,20 @@ def diverged(what: str, step: int, run_dir: str) -> None:
     fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
 
 
-def check_bf16(device: torch.device) -> None:
-    """--bf16 needs bfloat16: refused on a GPU without it; emulated (slower than fp32) with a notice on a CPU
-    without native bfloat16 matmuls (avx512_bf16 or AMX)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+def check_device(args: Args) -> torch.device:
+    """The training device, with a notice on a CPU; --bf16 is refused on a GPU without bfloat16 and slower
+    than fp32 (notice) on a CPU without native bfloat16 matmuls (avx512_bf16 or AMX)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("notice: CUDA is not available, training on the CPU")
+    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
+        print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
+    if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if device.type == "cpu" and not native:
+    if args.bf16 and device.type == "cpu" and not native:
         print("notice: this CPU has no native bfloat16 matmuls; --bf16 runs slower than fp32")
+    return device
 
 
 def check_args(args: Args) -> None:
@@ -552,13 +524,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.cuda and device.type == "cpu":
-        print("notice: CUDA is not available, training on the CPU")
-    if args.bf16:
-        check_bf16(device)
-    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
-        print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
+    device = check_device(args)
     gen = torch.Generator(device).manual_seed(args.seed)
     envs = make_envs(args.env_id, args.num_envs)
     (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape

@@ -71,112 +71,84 @@ RESUME_OVERRIDES = (  # flags a resumed run may change
 # ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
+    # the name of this experiment (part of the run directory name)
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (part of the run directory name)"""
-    seed: int = 1
-    """seed of python, numpy, torch and the environments"""
-    torch_deterministic: bool = True
-    """sets `torch.backends.cudnn.deterministic`"""
-    cuda: bool = True
-    """use CUDA when available (falls back to CPU with a notice)"""
-    output_dir: str = "runs"
-    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
-    track: bool = False
-    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
-    wandb_project_name: str = "dime-rl"
-    """the wandb project name"""
+    seed: int = 1  # seed of python, numpy, torch and the environments
+    torch_deterministic: bool = True  # sets `torch.backends.cudnn.deterministic`
+    cuda: bool = True  # use CUDA when available (falls back to CPU with a notice)
+    output_dir: str = "runs"  # runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/
+    track: bool = False  # log to Weights & Biases (imported only then; synced with TensorBoard)
+    wandb_project_name: str = "dime-rl"  # the wandb project name
+    # save the first episode of every evaluation as a GIF under <run>/videos (needs EGL rendering)
     capture_video: bool = False
-    """save the first episode of every evaluation as a GIF under <run>/videos (needs EGL rendering)"""
+    # export the policy (torch.export) to <run>/policy.pt2 and, at evaluations, <run>/policies/step_N.pt2
     save_model: bool = False
-    """export the policy (torch.export) to <run>/policy.pt2 and, at evaluations, <run>/policies/step_N.pt2"""
+    # write <run>/checkpoint.pt every this many learner steps (at the next round boundary); 0 = never
     checkpoint_every: int = 50_000
-    """write <run>/checkpoint.pt every this many learner steps (at the next round boundary); 0 = never"""
+    # a checkpoint.pt to continue exactly (same run directory and flags; --total-* may grow)
     resume: str | None = None
-    """a checkpoint.pt to continue exactly (same run directory and flags; --total-* may grow)"""
+    # at the end, write the replay as an HDF5 dataset in the project's format to this new file
     save_replay: str | None = None
-    """at the end, write the replay as an HDF5 dataset in the project's format to this new file"""
-    log_every: int = 100
-    """log losses every this many learner steps (the learner's only device->host copy)"""
+    log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
+    # torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)
     compile: bool = False
-    """torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)"""
-    bf16: bool = False
-    """every forward and backward pass of the learner in bfloat16 autocast (fp32 weights, losses, C51)"""
+    bf16: bool = False  # the learner's passes in bfloat16 autocast (fp32 weights, losses, C51 projection)
 
     # Algorithm specific arguments
+    # schaffer | fonseca_fleming | a control-suite task <domain>_<task> (e.g. cartpole_swingup)
     env_id: str = "fonseca_fleming"
-    """schaffer | fonseca_fleming | a control-suite task <domain>_<task> (e.g. cartpole_swingup)"""
+    # how objectives are combined: DiME (eq. 3), linear scalarization (Table 1) or MO-MPO
     method: Literal["dime", "ls", "mompo"] = "dime"
-    """how objectives are combined: DiME (eq. 3), linear scalarization (Table 1) or MO-MPO"""
+    # trade-off α ≥ 0: cost weight (dime), in [0, 1] for ls and bandits, cost KL-bound scale (mompo)
     alpha: float = 0.5
-    """trade-off α ≥ 0: cost weight (dime), in [0, 1] for ls and bandits, cost KL-bound scale (mompo)"""
+    # train one trade-off-conditioned policy for α ~ U(--alpha-range) (Sec. 4 eq. 4, App. A)
     multi: bool = False
-    """train one trade-off-conditioned policy for α ~ U(--alpha-range) (Sec. 4 eq. 4, App. A)"""
+    # range of the trade-off sampled per episode and per transition with --multi
     alpha_range: tuple[float, float] = (0.0, 1.0)
-    """range of the trade-off sampled per episode and per transition with --multi"""
+    # trade-offs at which a --multi policy is evaluated (default: 5 values spanning --alpha-range)
     eval_alphas: list[float] | None = None
-    """trade-offs at which a --multi policy is evaluated (default: 5 values spanning --alpha-range)"""
+    # control tasks: the energy cost is -‖clip(a)‖₂ times this (App. D.1.2 compares 1 and 10)
     cost_scale: float = 1.0
-    """control tasks: the energy cost is -‖clip(a)‖₂ times this (App. D.1.2 compares 1 and 10)"""
-    total_env_steps: int = 1_000_000
-    """control tasks: environment steps (summed over actors) to train for"""
-    total_steps: int = 2_000
-    """bandits: learner steps to train for"""
-    num_envs: int = 4
-    """number of actors (Table 3: 4)"""
-    replay_ratio: float = 0.25
-    """learner steps per environment step"""
-    learning_starts: int = 5_000
-    """environment steps collected before the first learner step"""
-    buffer_size: int = 1_000_000
-    """replay capacity in transitions (Table 4: 1e6)"""
-    batch_size: int | None = None
-    """transitions per learner step; None: 512 (Table 3), 16 on bandits"""
+    total_env_steps: int = 1_000_000  # control tasks: environment steps (summed over actors) to train for
+    total_steps: int = 2_000  # bandits: learner steps to train for
+    num_envs: int = 4  # number of actors (Table 3: 4)
+    replay_ratio: float = 0.25  # learner steps per environment step
+    learning_starts: int = 5_000  # environment steps collected before the first learner step
+    buffer_size: int = 1_000_000  # replay capacity in transitions (Table 4: 1e6)
+    batch_size: int | None = None  # transitions per learner step; None: 512 (Table 3), 16 on bandits
+    # policy and critic hidden layers; None: 1024×5 512 (Table 3), 64 64 on bandits; CPU: 256 256 256
     hidden_sizes: tuple[int, ...] | None = None
-    """policy and critic hidden layers; None: 1024×5 512 (Table 3), 64 64 on bandits; CPU: 256 256 256"""
+    # N: actions sampled per state for the E-step and the C51 mixture target (Table 4: 20)
     num_samples: int = 20
-    """N: actions sampled per state for the E-step and the C51 mixture target (Table 4: 20)"""
-    n_step: int = 5
-    """n of the n-step return (Table 3)"""
-    gamma: float = 0.99
-    """discount (Table 3)"""
-    v_min: float = -150.0
-    """lower end of the task critic's support (Table 3)"""
-    v_max: float = 150.0
-    """upper end of the task critic's support (Table 3)"""
+    n_step: int = 5  # n of the n-step return (Table 3)
+    gamma: float = 0.99  # discount (Table 3)
+    v_min: float = -150.0  # lower end of the task critic's support (Table 3)
+    v_max: float = 150.0  # upper end of the task critic's support (Table 3)
+    # lower end of the cost critic's support (default -√D·cost_scale/(1-γ); the upper end is 0)
     cost_v_min: float | None = None
-    """lower end of the cost critic's support (default -√D·cost_scale/(1-γ); the upper end is 0)"""
-    num_atoms: int = 101
-    """atoms of each categorical critic (Table 3)"""
-    epsilon: float = 0.1
-    """ε_k: KL bound of each E-step (Table 3); mompo scales it by the trade-off"""
+    num_atoms: int = 101  # atoms of each categorical critic (Table 3)
+    epsilon: float = 0.1  # ε_k: KL bound of each E-step (Table 3); mompo scales it by the trade-off
+    # ε_μ: M-step KL bound on the policy mean; None: 1e-3 (Table 4, MORL), 0.01 on bandits
     epsilon_mean: float | None = None
-    """ε_μ: M-step KL bound on the policy mean; None: 1e-3 (Table 4, MORL), 0.01 on bandits"""
-    epsilon_stddev: float = 1e-7
-    """ε_σ: M-step KL bound on the policy stddev (Table 4, MORL)"""
-    init_temperature: float = 10.0
-    """initial temperature η_k (Table 3)"""
+    epsilon_stddev: float = 1e-7  # ε_σ: M-step KL bound on the policy stddev (Table 4, MORL)
+    init_temperature: float = 10.0  # initial temperature η_k (Table 3)
+    # initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO: 1)
     init_log_alpha_mean: float = 1.0
-    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO: 1)"""
+    # same for α_σ (Acme TF DMPO: 10; Acme JAX MPO's 1000 holds σ nearly fixed for ~1e5 steps)
     init_log_alpha_stddev: float = 10.0
-    """same for α_σ (Acme TF DMPO: 10; Acme JAX MPO's 1000 holds σ nearly fixed for ~1e5 steps)"""
+    # add Acme's out-of-bounds action objective (-‖a - clip(a)‖₂, KL bound 1e-3)
     action_penalization: bool = False
-    """add Acme's out-of-bounds action objective (-‖a - clip(a)‖₂, KL bound 1e-3)"""
-    lr: float = 1e-4
-    """Adam learning rate of policy and critic (Table 3)"""
-    dual_lr: float = 1e-2
-    """Adam learning rate of the dual variables (Table 3)"""
-    weight_decay: float = 0.0
-    """decoupled (AdamW) weight decay of policy and critic; 0 online"""
+    lr: float = 1e-4  # Adam learning rate of policy and critic (Table 3)
+    dual_lr: float = 1e-2  # Adam learning rate of the dual variables (Table 3)
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of policy and critic; 0 online
+    # learner steps between hard copies into the target networks; None: 200 (Table 4, MORL), 10 on bandits
     target_update_period: int | None = None
-    """learner steps between hard copies into the target networks; None: 200 (Table 4, MORL), 10 on bandits"""
-    grad_clip: float = 40.0
-    """global gradient-norm clip of policy and critic"""
-    eval_every: int = 10_000
-    """evaluate every this many learner steps (control: at the next round boundary)"""
+    grad_clip: float = 40.0  # global gradient-norm clip of policy and critic
+    eval_every: int = 10_000  # evaluate every this many learner steps (control: at the next round boundary)
+    # episodes per evaluation and trade-off (control tasks; bandits are deterministic)
     eval_episodes: int = 10
-    """episodes per evaluation and trade-off (control tasks; bandits are deterministic)"""
+    # hypervolume reference point (default: the worst return of each objective)
     hv_reference: tuple[float, float] | None = None
-    """hypervolume reference point (default: the worst return of each objective)"""
 
     def __post_init__(self):
         """Flags left unset take their environment's default (ENV_DEFAULTS)."""
@@ -197,14 +169,21 @@ def diverged(what: str, step: int, run_dir: str) -> None:
     fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
 
 
-def check_bf16(device: torch.device) -> None:
-    """--bf16 needs bfloat16: refused on a GPU without it; emulated (slower than fp32) with a notice on a CPU
-    without native bfloat16 matmuls (avx512_bf16 or AMX)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+def check_device(args: Args) -> torch.device:
+    """The training device, with a notice on a CPU; --bf16 is refused on a GPU without bfloat16 and slower
+    than fp32 (notice) on a CPU without native bfloat16 matmuls (avx512_bf16 or AMX)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("notice: CUDA is not available, training on the CPU")
+    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
+        preset = "--hidden-sizes 256 256 256 --batch-size 256"
+        print(f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {preset}")
+    if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if device.type == "cpu" and not native:
+    if args.bf16 and device.type == "cpu" and not native:
         print("notice: this CPU has no native bfloat16 matmuls; --bf16 runs slower than fp32")
+    return device
 
 
 def check_args(args: Args) -> None:
@@ -611,14 +590,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.cuda and device.type == "cpu":
-        print("notice: CUDA is not available, training on the CPU")
-    if args.bf16:
-        check_bf16(device)
-    if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
-        preset = "--hidden-sizes 256 256 256 --batch-size 256"
-        print(f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {preset}")
+    device = check_device(args)
     gen = torch.Generator(device).manual_seed(args.seed)
     bandit = args.env_id in BANDITS
     envs = None if bandit else make_envs(args.env_id, args.num_envs)

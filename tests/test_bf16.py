@@ -104,14 +104,19 @@ def test_bf16_learner_step_matches_fp32(script):
 def test_bf16_without_hardware_support(script, monkeypatch, capsys):
     """A GPU without bfloat16 is refused in one line; a CPU without native bfloat16 gets a notice."""
     module = importlib.import_module(script)
+
+    def check(device_type: str) -> None:  # the script's device check under --bf16, on a GPU or a CPU
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: device_type == "cuda")
+        module.check_device(module.Args(bf16=True, hidden_sizes=(8,)))
+
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(SystemExit) as exit_info:
-        module.check_bf16(torch.device("cuda"))
+        check("cuda")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--bf16" in err[0] and "drop --bf16" in err[0]
-    module.check_bf16(torch.device("cpu"))  # this machine's CPU: native or not, never an error
+    check("cpu")  # this machine's CPU: native or not, never an error
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    module.check_bf16(torch.device("cpu"))
+    check("cpu")
     assert "no native bfloat16" in capsys.readouterr().out

@@ -14,18 +14,17 @@ SCRIPTS = ["dime_bc", "dime_awbc", "crr_ls", "dime_multi", "dime_finetune", "dim
 
 
 def args_fields(script: str) -> list[tuple[str, str | None]]:
-    """(field, its docstring or None) of the script's Args dataclass, read from the source."""
-    tree = ast.parse(open(os.path.join(ROOT, f"{script}.py")).read())
+    """(field, its description or None) of the script's Args dataclass, read from the source as tyro reads
+    it: the comment on the field's line, else the comment line right above it."""
+    lines = open(os.path.join(ROOT, f"{script}.py")).read().splitlines()
+    tree = ast.parse("\n".join(lines))
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Args"]
     out = []
-    for node, after in zip(cls.body, cls.body[1:] + [None]):
+    for node in cls.body:
         if isinstance(node, ast.AnnAssign):
-            doc = (
-                after.value.value
-                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                else None
-            )
-            out.append((node.target.id, doc))
+            line, above = lines[node.end_lineno - 1], lines[node.lineno - 2].strip()
+            doc = line.split("  # ", 1)[1] if "  # " in line else None
+            out.append((node.target.id, doc or (above[2:] if above.startswith("# ") else None)))
     return out
 
 

@@ -158,7 +158,7 @@ def test_d4rl_metric_on_a_scripted_episode(env, monkeypatch):
     with torch.no_grad():  # a policy mean of zero: the robot holds still
         agent.policy.mean.weight.zero_()
         agent.policy.mean.bias.zero_()
-    returns, scores = dime_bc.evaluate(agent, args, step=0, device="cpu")
+    returns, scores = dime_bc.evaluate(agent, args, step=0)
     np.testing.assert_array_equal(scores, [1.0, 0.0])
     if env_id == "FrankaKitchen-v1":
         np.testing.assert_array_equal(returns, [1.0, 0.0])  # one sub-task, rewarded once
@@ -170,7 +170,7 @@ def test_control_suite_evaluation_has_no_d4rl_score(tmp_path):
     args = dime_bc.Args(alpha=0.5, env_id="cartpole_swingup", eval_episodes=1, hidden_sizes=(8,))
     agent = dime_bc.Agent(5, 1, args)
     assert dime_bc.d4rl_score({}) is None
-    assert dime_bc.evaluate(agent, args, step=0, device="cpu")[1] is None
+    assert dime_bc.evaluate(agent, args, step=0)[1] is None
 
 
 def test_minari_id_resolves_in_the_minari_datasets_dir(kitchen, tmp_path, monkeypatch):

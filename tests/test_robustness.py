@@ -132,13 +132,14 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(script, datas
     """The second checkpoint's writer dies after half of its bytes: checkpoint.pt is still the first one,
     byte for byte, and the script's own loader accepts it for --resume."""
     module = importlib.import_module(script)
-    real_save, targets = torch.save, []
+    real_save, targets, first_step = torch.save, [], []
 
     def save_then_crash(obj, f, *args, **kwargs):
         if not str(f).endswith("checkpoint.pt"):
             return real_save(obj, f, *args, **kwargs)
         targets.append(str(f))
         if len(targets) == 1:
+            first_step.append(obj["state"]["learner_steps"])
             return real_save(obj, f, *args, **kwargs)
         kept = digest(os.path.join(os.path.dirname(str(f)), "checkpoint.pt"))
         buffer = io.BytesIO()
@@ -154,7 +155,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(script, datas
     assert half != final and os.path.getsize(half) > 0  # the half file lies beside the checkpoint
     assert digest(final) == crash.value.args[0]
     state = module.load_checkpoint(module.Args(resume=final))["state"]
-    assert 0 < state["learner_steps"] == state["last_ckpt"]  # the first checkpoint's step
+    assert 0 < state["learner_steps"] == first_step[0]  # the first checkpoint's step
 
 
 # ------------------------------------------------------------------------------------------ 3. NaN guard
@@ -174,9 +175,9 @@ def record_checkpoints(module, monkeypatch) -> list:
     """(learner step, sha256) of checkpoint.pt after every successful save."""
     real, saved = module.save_checkpoint, []
 
-    def recorded(run_dir, *args):
-        real(run_dir, *args)
-        path = os.path.join(run_dir, "checkpoint.pt")
+    def recorded(run, *args):
+        real(run, *args)
+        path = os.path.join(getattr(run, "dir", run), "checkpoint.pt")  # a Run or its directory
         saved.append((torch.load(path, weights_only=True)["state"]["learner_steps"], digest(path)))
 
     monkeypatch.setattr(module, "save_checkpoint", recorded)
