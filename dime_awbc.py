@@ -628,7 +628,7 @@ def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dic
     results.update(alpha=args.alpha, evaluations=evals, final=final, learner_steps=state.learner_steps)
     results.update(wall_time_s=state.wall_time, args=dataclasses.asdict(args))
     results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
-    atomic_write(os.path.join(run_dir, "results.json"), lambda f: open(f, "w").write(json.dumps(results)))
+    write_json(os.path.join(run_dir, "results.json"), results)
     steps = [e["step"] for e in evals]
     mean, std = (np.array([f(e["returns"]) for e in evals]) for f in (np.mean, np.std))
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -655,7 +655,7 @@ def open_run(args: Args, state: TrainState) -> Run:
     try:
         os.makedirs(run_dir, exist_ok=bool(args.resume))
         if not args.resume:
-            atomic_write(os.path.join(run_dir, "args.json"), lambda f: open(f, "w").write(json.dumps(config)))
+            write_json(os.path.join(run_dir, "args.json"), config)
     except OSError as e:
         fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
     if args.track:
@@ -668,6 +668,14 @@ def open_run(args: Args, state: TrainState) -> Run:
     progress = tqdm(total=args.total_steps, initial=state.learner_steps, **bar)
     now = time.time()
     return Run(run_dir, writer, progress, now - state.wall_time, (state.learner_steps, now))
+
+
+def write_json(path: str, obj) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    atomic_write(path, write)
 
 
 def atomic_write(path: str, write) -> None:

@@ -34,7 +34,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -47,23 +47,22 @@ from tqdm import tqdm
 from common.c51 import categorical_l2_project
 from common.datasets import DatasetError, zoo_policies
 
-SCRIPT = os.path.basename(__file__)[: -len(".py")]  # names results, checkpoints, exports
+SCRIPT = os.path.basename(__file__)
 MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
 MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256"
 NETWORKS = ("policy", "critic")
-RESUME_OVERRIDES = (
-    "total_env_steps checkpoint_every eval_every resume cuda track save_model log_every compile bf16".split()
-)
+RESUME_OVERRIDES = {"total_env_steps", "checkpoint_every", "eval_every", "resume", "cuda", "track"}
+RESUME_OVERRIDES |= {"save_model", "log_every", "compile", "bf16"}  # flags a --resume may change
 
 
 # ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
     # the name of this experiment (part of the run directory name)
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    exp_name: str = SCRIPT[: -len(".py")]
     seed: int = 1  # seed of python, numpy, torch and the environments
     torch_deterministic: bool = True  # sets `torch.backends.cudnn.deterministic`
     cuda: bool = True  # use CUDA when available (falls back to CPU with a notice)
@@ -130,15 +129,33 @@ class Args:
     eval_episodes: int = 10  # episodes per evaluation
 
 
+@dataclass
+class TrainState:
+    """All a checkpoint carries besides networks, optimisers, replay and RNG: counters and results so far."""
+
+    learner_steps: int = 0
+    env_steps: int = 0
+    round: int = 0  # rounds of episodes played (every actor plays one per round)
+    credit: float = 0.0  # learner steps owed to the replay ratio
+    wall_time: float = 0.0
+    last_eval: int = -1  # learner step of the last evaluation and checkpoint (both fall between rounds)
+    last_ckpt: int = 0
+    evaluations: list = field(default_factory=list)
+    teacher_returns: list | None = None
+
+
 def fail(message: str) -> None:
     """User error: one clear line on stderr and a non-zero exit."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def diverged(what: str, step: int, run_dir: str) -> None:
-    kept = f"the last good checkpoint is kept in {run_dir}"
-    fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
+    """The one divergence guard, before a log, an evaluation, a checkpoint or a non-finite action: stop on
+    non-finite parameters, so that they never reach the environment or overwrite the last good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in agent.parameters()):
+        kept = f"the last good checkpoint is kept in {run_dir}"
+        fail(f"training diverged by learner step {step} (parameters not finite); {kept}; lower --lr")
 
 
 def check_device(args: Args) -> torch.device:
@@ -514,6 +531,30 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms,
 
 
 # ==== 9. main: seeding, teacher, actors and learner =======================================================
+@dataclass
+class Run:
+    """Where a run writes: its directory, TensorBoard writer and progress bar; the clock of its last log."""
+
+    dir: str
+    writer: object
+    progress: tqdm
+    start: float
+    last_log: tuple[int, float]
+
+
+@dataclass
+class Learner:
+    """What a learner step needs, and the metric tensors since the last log."""
+
+    agent: Agent
+    optimizers: dict
+    replay: Replay
+    teacher: nn.Module
+    atoms: torch.Tensor
+    gen: torch.Generator
+    metrics: list = field(default_factory=list)
+
+
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
     os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering needed; before dm_control loads
@@ -529,106 +570,101 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     envs = make_envs(args.env_id, args.num_envs)
     (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
     teacher = load_teacher(args, obs_dim, act_dim, device)
-    state = dict(learner_steps=0, env_steps=0, round=0, credit=0.0, evaluations=[], last_eval=-1, last_ckpt=0)
-    state["wall_time"], state["teacher_returns"] = 0.0, None  # all that a checkpoint must carry
-    if ckpt:
-        state.update(ckpt["state"])
-    if state["teacher_returns"] is None:  # the teacher's own evaluation: a line on the plots
-        state["teacher_returns"] = evaluate(teacher, args, 0, device, stream=2).tolist()
+    state = TrainState(**ckpt["state"]) if ckpt else TrainState()
+    if state.teacher_returns is None:  # the teacher's own evaluation: a line on the plots
+        state.teacher_returns = evaluate(teacher, args, 0, device, stream=2).tolist()
     if args.learn_alpha and args.return_threshold is None:  # c, measured once; a resumed run keeps it
         c = (1 - args.threshold_margin) * teacher_expected_q(teacher, args, device)
         args = dataclasses.replace(args, return_threshold=c)
-    line = f"teacher: return {np.mean(state['teacher_returns']):.1f}"
+    line = f"teacher: return {np.mean(state.teacher_returns):.1f}"
     print(line + (f"; threshold c = {args.return_threshold:.1f}" if args.learn_alpha else ""))
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
-    optimizers = make_optimizers(agent, args)
     replay = Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, device)
+    learner = Learner(agent, make_optimizers(agent, args), replay, teacher, atoms, gen)
     if ckpt:
-        restore(ckpt, agent, optimizers, replay, gen)
-    run_dir, writer = open_run(args)
-    bar = dict(unit="env step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
-    progress = tqdm(total=args.total_env_steps, initial=state["env_steps"], **bar)
-    start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
-
-    def learn() -> None:
-        warm = state["learner_steps"] >= args.alpha_warmup_steps  # α is held while the critic warms up
-        stepped = optimizers if warm else {k: o for k, o in optimizers.items() if k != "tradeoff"}
-        metrics.append(learner_step(agent, stepped, replay, teacher, atoms, args, gen))
-        state["learner_steps"] += 1
-        if state["learner_steps"] % args.target_update_period == 0:
-            agent.update_targets()
-        if state["learner_steps"] % args.log_every == 0:
-            log_metrics(writer, metrics, state["learner_steps"], last_log, run_dir)
-
-    def checkpoint() -> None:
-        state["wall_time"], state["last_ckpt"] = time.time() - start, state["learner_steps"]
-        save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state)
-
-    while state["env_steps"] < args.total_env_steps:
-        before = state["env_steps"]
-        if state["last_eval"] < 0 or state["learner_steps"] - state["last_eval"] >= args.eval_every:
-            evaluate_and_log(agent, args, state, writer, device, progress)
-        if args.checkpoint_every and state["learner_steps"] - state["last_ckpt"] >= args.checkpoint_every:
-            checkpoint()
-        run_round(envs, agent, replay, args, state, gen, device, writer, learn)
-        progress.update(state["env_steps"] - before)
+        restore(ckpt, learner)
+    run = open_run(args, state)
+    while state.env_steps < args.total_env_steps:
+        before = state.env_steps
+        if state.last_eval < 0 or state.learner_steps - state.last_eval >= args.eval_every:
+            evaluate_and_log(agent, args, state, run)
+        if args.checkpoint_every and state.learner_steps - state.last_ckpt >= args.checkpoint_every:
+            save_checkpoint(run, args, learner, state)
+        run_round(envs, learner, args, state, run)
+        run.progress.update(state.env_steps - before)
     if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
-        checkpoint()
-    evaluate_and_log(agent, args, state, writer, device, progress)
-    state["wall_time"] = time.time() - start
-    progress.close()
+        save_checkpoint(run, args, learner, state)
+    evaluate_and_log(agent, args, state, run)
+    state.wall_time = time.time() - run.start
+    run.progress.close()
     if args.save_model:
-        export_policy(agent, args, os.path.join(run_dir, "policy.pt2"))
-    writer.close()
-    return write_results(args, state, run_dir)
+        export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
+    run.writer.close()
+    return write_results(args, state, run.dir)
 
 
-def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, device, writer, learn):
+def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave."""
-    obs, _ = envs.reset(seed=round_seeds(args.seed, state["round"], 0, args.num_envs))
+    device = learner.atoms.device
+    obs, _ = envs.reset(seed=round_seeds(args.seed, state.round, 0, args.num_envs))
     obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
     episode_return, done = torch.zeros(args.num_envs, device=device), False
     while not done:
         with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
-            mean, stddev = agent.policy(obs)
-            actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
+            mean, stddev = learner.agent.policy(obs)
+            noise = torch.randn(mean.shape, device=device, generator=learner.gen)
+            actions = (mean + stddev * noise).clamp(-1.0, 1.0)
         executed = actions.cpu().numpy()
         if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
-            diverged("actions", state["learner_steps"], writer.get_logdir())
+            check_finite(learner.agent, state.learner_steps, run.dir)
         next_obs, reward, terminated, truncated, _ = envs.step(executed)
         done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
         rewards = torch.as_tensor(reward, dtype=torch.float32, device=device)
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
         terminals = torch.as_tensor(terminated, device=device)
         transition = dict(obs=obs, actions=actions, rewards=rewards, next_obs=next_obs, terminals=terminals)
-        replay.add(**transition, ends=torch.full_like(terminals, done))
+        learner.replay.add(**transition, ends=torch.full_like(terminals, done))
         episode_return, obs = episode_return + rewards, next_obs
-        state["env_steps"] += args.num_envs
-        if state["env_steps"] >= max(args.learning_starts, args.num_envs * args.n_step):
-            state["credit"] += args.num_envs * args.replay_ratio
-            while state["credit"] >= 1.0:
-                learn()
-                state["credit"] -= 1.0
-    writer.add_scalar("charts/episodic_return", episode_return.mean().item(), state["env_steps"])
-    state["round"] += 1
+        state.env_steps += args.num_envs
+        if state.env_steps >= max(args.learning_starts, args.num_envs * args.n_step):
+            state.credit += args.num_envs * args.replay_ratio
+            while state.credit >= 1.0:
+                learn(learner, args, state, run)
+                state.credit -= 1.0
+    run.writer.add_scalar("charts/episodic_return", episode_return.mean().item(), state.env_steps)
+    state.round += 1
 
 
-def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> None:
-    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf."""
-    keys = list(metrics[0])
+def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
+    """One learner step (α held while the critic warms up), the target update and the log when due."""
+    optimizers = learner.optimizers
+    if state.learner_steps < args.alpha_warmup_steps:
+        optimizers = {k: o for k, o in optimizers.items() if k != "tradeoff"}
+    stats = learner_step(
+        learner.agent, optimizers, learner.replay, learner.teacher, learner.atoms, args, learner.gen
+    )
+    learner.metrics.append(stats)
+    state.learner_steps += 1
+    if state.learner_steps % args.target_update_period == 0:
+        learner.agent.update_targets()
+    if state.learner_steps % args.log_every == 0:
+        log_metrics(learner.agent, run, learner.metrics, state.learner_steps)
+
+
+def log_metrics(agent: Agent, run: Run, metrics: list[dict], step: int) -> None:
+    """Average the metric tensors since the last log with one device->host copy."""
+    check_finite(agent, step, run.dir)
+    keys = [k for k in metrics[0] if k != "loss"]
     values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
     metrics.clear()
-    if not all(math.isfinite(v) for v in values):
-        diverged(", ".join(k for k, v in zip(keys, values) if not math.isfinite(v)), step, run_dir)
     for k, v in zip(keys, values):
-        if k != "loss":
-            writer.add_scalar(k, v, step)
+        run.writer.add_scalar(k, v, step)
     now = time.time()
-    writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
-    last_log[:] = step, now
+    run.writer.add_scalar("charts/SPS", (step - run.last_log[0]) / max(now - run.last_log[1], 1e-9), step)
+    run.last_log = step, now
 
 
 # ==== 10. Evaluation ======================================================================================
@@ -676,86 +712,86 @@ def discounted_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
-def evaluate_and_log(agent: Agent, args: Args, state: dict, writer, device, progress) -> None:
-    step, env_steps = state["learner_steps"], state["env_steps"]
-    if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
-        diverged("policy parameters", step, writer.get_logdir())
-    returns = evaluate(agent.policy, args, state["round"], device)
+def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run) -> None:
+    """Evaluate the policy mean; the record holds the trade-off α at this step."""
+    step, env_steps = state.learner_steps, state.env_steps
+    check_finite(agent, step, run.dir)
+    returns = evaluate(agent.policy, args, state.round, next(agent.parameters()).device)
     alpha = float(tradeoff(agent, args).detach())
     record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}
     record["mean"] = float(returns.mean())
-    state["evaluations"].append(record)
-    progress.write(f"step {step} (env steps {env_steps}) α {alpha:.3f}: return {returns.mean():.1f}")
-    writer.add_scalar("eval/episodic_return", returns.mean(), step)
-    state["last_eval"] = step
+    state.evaluations.append(record)
+    run.progress.write(f"step {step} (env steps {env_steps}) α {alpha:.3f}: return {returns.mean():.1f}")
+    run.writer.add_scalar("eval/episodic_return", returns.mean(), step)
+    state.last_eval = step
 
 
-def write_results(args: Args, state: dict, run_dir: str) -> dict:
-    """results.json (docs/dime_finetune.md) with the teacher's return and the trade-off over time; a plot."""
-    last = state["evaluations"][-1]
-    results = {"algo": SCRIPT, "method": args.method, "env_id": args.env_id, "seed": args.seed}
-    results.update(alpha=None if args.learn_alpha else args.alpha, evaluations=state["evaluations"])
-    results["final"] = {"alpha": last["alpha"], "mean": last["mean"], "std": float(np.std(last["returns"]))}
-    teacher = state["teacher_returns"]
-    results["teacher"] = {"path": args.teacher, "mean": float(np.mean(teacher)), "returns": teacher}
-    results.update(return_threshold=args.return_threshold, learner_steps=state["learner_steps"])
-    results.update(env_steps=state["env_steps"], wall_time_s=state["wall_time"])
-    results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
-    results["args"] = dataclasses.asdict(args)
-    atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
-    plot_curve(results, os.path.join(run_dir, "curve.png"))
-    return results
-
-
-def plot_curve(results: dict, path: str) -> None:
-    """Evaluation return against env steps with the teacher's return as a line (Fig. 3), and α over time."""
+def write_results(args: Args, state: TrainState, run_dir: str) -> dict:
+    """results.json (docs/dime_finetune.md) with the teacher's return and the trade-off over time; curve.png:
+    evaluation return against env steps with the teacher's return as a line (Fig. 3), and α over time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    env_steps = [e["env_steps"] for e in results["evaluations"]]
+    last, evals, teacher = state.evaluations[-1], state.evaluations, state.teacher_returns
+    results = {"algo": SCRIPT[:-3], "method": args.method, "env_id": args.env_id, "seed": args.seed}
+    results.update(alpha=None if args.learn_alpha else args.alpha, evaluations=evals)
+    results["final"] = {"alpha": last["alpha"], "mean": last["mean"], "std": float(np.std(last["returns"]))}
+    results["teacher"] = {"path": args.teacher, "mean": float(np.mean(teacher)), "returns": teacher}
+    results.update(return_threshold=args.return_threshold, learner_steps=state.learner_steps)
+    results.update(env_steps=state.env_steps, wall_time_s=state.wall_time, args=dataclasses.asdict(args))
+    results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
+    write_json(os.path.join(run_dir, "results.json"), results)
+    env_steps = [e["env_steps"] for e in evals]
     fig, (ax, ax_alpha) = plt.subplots(2, 1, figsize=(5, 5), sharex=True, height_ratios=(3, 1))
-    ax.plot(env_steps, [e["mean"] for e in results["evaluations"]], marker="o", label=results["method"])
+    ax.plot(env_steps, [e["mean"] for e in evals], marker="o", label=args.method)
     ax.axhline(results["teacher"]["mean"], color="k", ls="--", label="teacher")
-    ax.set(ylabel="episode return", title=f"dime_finetune {results['env_id']}")
+    ax.set(ylabel="episode return", title=f"dime_finetune {args.env_id}")
     ax.legend()
-    ax_alpha.plot(env_steps, [e["alpha"] for e in results["evaluations"]])
+    ax_alpha.plot(env_steps, [e["alpha"] for e in evals])
     ax_alpha.set(xlabel="env steps", ylabel="trade-off α", ylim=(0, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(os.path.join(run_dir, "curve.png"), dpi=100)
     plt.close(fig)
+    return results
 
 
 # ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
-def open_run(args: Args):
-    """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
+def open_run(args: Args, state: TrainState) -> Run:
+    """The run directory (the checkpoint's on --resume) with args.json, its TensorBoard writer, progress."""
     from torch.utils.tensorboard import SummaryWriter
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.output_dir, run_name)
+    config, stamp = dataclasses.asdict(args), int(time.time())
+    name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+    run_dir = os.path.join(args.output_dir, name)
     if args.resume:  # continue in the checkpoint's directory
         run_dir = os.path.dirname(os.path.abspath(args.resume))
+        name = os.path.basename(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=bool(args.resume))
         if not args.resume:
-            write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+            write_json(os.path.join(run_dir, "args.json"), config)
     except OSError as e:
         fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
     if args.track:
         import wandb
 
-        config, name = dataclasses.asdict(args), os.path.basename(run_dir)
         wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-    writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+    writer, table = SummaryWriter(run_dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-    return run_dir, writer
+    bar = dict(unit="env step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
+    progress = tqdm(total=args.total_env_steps, initial=state.env_steps, **bar)
+    now = time.time()
+    return Run(run_dir, writer, progress, now - state.wall_time, (state.learner_steps, now))
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    atomic_write(path, write)
 
 
 def atomic_write(path: str, write) -> None:
@@ -765,47 +801,46 @@ def atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> None:
+def save_checkpoint(run: Run, args: Args, learner: Learner, state: TrainState) -> None:
     """Everything needed to continue exactly: networks, targets, duals, trade-off, optimisers, replay, RNG,
-    counters. Parameters that are no longer finite are never written over the last good checkpoint."""
-    if not all(torch.isfinite(p).all() for p in agent.parameters()):
-        diverged("parameters", state["learner_steps"], run_dir)
-    ckpt = dict(script=os.path.basename(__file__), args=dataclasses.asdict(args), agent=agent.state_dict())
-    ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
-    ckpt.update(state=state, rng=gen.get_state(), replay=replay.state_dict())
-    atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
+    the TrainState."""
+    check_finite(learner.agent, state.learner_steps, run.dir)
+    state.wall_time, state.last_ckpt = time.time() - run.start, state.learner_steps
+    ckpt = dict(script=SCRIPT, args=dataclasses.asdict(args), agent=learner.agent.state_dict())
+    ckpt["optimizers"] = {k: o.state_dict() for k, o in learner.optimizers.items()}
+    ckpt.update(
+        replay=learner.replay.state_dict(), rng=learner.gen.get_state(), state=dataclasses.asdict(state)
+    )
+    atomic_write(os.path.join(run.dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
-    """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
+    """Read a checkpoint for --resume, its args updated with the flags a resume may change; refuse an
+    unreadable file, another script's checkpoint, or a flag given now that disagrees with it."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("script") != os.path.basename(__file__):
-        fail(f"--resume {args.resume} was not written by {os.path.basename(__file__)}; pass one of its own")
-    saved, defaults = ckpt["args"], Args()
-
-    def norm(value):
-        return list(value) if isinstance(value, tuple) else value
-
-    for name in saved:  # a flag given now must agree with the checkpoint's
-        value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
-        given = flag in typed or value != norm(getattr(defaults, name))
-        if name not in RESUME_OVERRIDES and given and value != old:
-            fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
-    changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
-    changed = {k: getattr(args, k) for k in changed}
-    ckpt["args"] = Args(**{**saved, **changed})
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        fail(f"--resume {args.resume} was not written by {SCRIPT}; pass one of its own")
+    as_json = lambda a: json.loads(json.dumps(a))  # tuples and lists compare equal
+    now, saved, default = map(as_json, (dataclasses.asdict(args), ckpt["args"], dataclasses.asdict(Args())))
+    given = {k for k in now if now[k] != default[k] or "--" + k.replace("_", "-") in typed}
+    for k in sorted(given - RESUME_OVERRIDES):
+        if now[k] != saved[k]:
+            flag = "--" + k.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {saved[k]}, got {now[k]}; drop {flag}")
+    ckpt["args"] = Args(**{**ckpt["args"], **{k: getattr(args, k) for k in given & RESUME_OVERRIDES}})
     return ckpt
 
 
-def restore(ckpt: dict, agent: Agent, optimizers: dict, replay: Replay, gen) -> None:
-    agent.load_state_dict(ckpt["agent"])
-    for k, opt in optimizers.items():
+def restore(ckpt: dict, learner: Learner) -> None:
+    """Load a checkpoint's networks, optimisers, replay and RNG in place."""
+    learner.agent.load_state_dict(ckpt["agent"])
+    for k, opt in learner.optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
-    replay.load_state_dict(ckpt["replay"])
-    gen.set_state(ckpt["rng"])
+    learner.replay.load_state_dict(ckpt["replay"])
+    learner.gen.set_state(ckpt["rng"])
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
@@ -816,7 +851,7 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
     example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
     program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
     meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
-    meta.update(hidden_sizes=list(args.hidden_sizes), script=os.path.basename(__file__))
+    meta.update(hidden_sizes=list(args.hidden_sizes), script=SCRIPT)
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files={"meta.json": json.dumps(meta)}))
 
 

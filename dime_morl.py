@@ -35,7 +35,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -158,15 +158,32 @@ class Args:
                 setattr(self, name, value)
 
 
+@dataclass
+class TrainState:
+    """All a checkpoint carries besides networks, optimisers, replay and RNG: counters and results so far."""
+
+    learner_steps: int = 0
+    env_steps: int = 0
+    round: int = 0  # rounds of episodes played (every actor plays one per round)
+    credit: float = 0.0  # learner steps owed to the replay ratio
+    wall_time: float = 0.0
+    last_eval: int = -1  # learner step of the last evaluation and checkpoint (both fall between rounds)
+    last_ckpt: int = 0
+    evaluations: list = field(default_factory=list)
+
+
 def fail(message: str) -> None:
     """User error: one clear line on stderr and a non-zero exit."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def diverged(what: str, step: int, run_dir: str) -> None:
-    kept = f"the last good checkpoint is kept in {run_dir}"
-    fail(f"training diverged by learner step {step} ({what} not finite); {kept}; lower --lr or check rewards")
+def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
+    """The one divergence guard, before a log, an evaluation, a checkpoint or a non-finite action: stop on
+    non-finite parameters, so that they never reach the environment or overwrite the last good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in agent.parameters()):
+        kept = f"the last good checkpoint is kept in {run_dir}"
+        fail(f"training diverged by learner step {step} (parameters not finite); {kept}; lower --lr")
 
 
 def check_device(args: Args) -> torch.device:
@@ -580,6 +597,29 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
 
 
 # ==== 9. main: seeding, run directory, actors and learner =================================================
+@dataclass
+class Run:
+    """Where a run writes: its directory, TensorBoard writer and progress bar; the clock of its last log."""
+
+    dir: str
+    writer: object
+    progress: tqdm
+    start: float
+    last_log: tuple[int, float]
+
+
+@dataclass
+class Learner:
+    """What a learner step needs (no replay and no atoms on a bandit), and the metrics since the last log."""
+
+    agent: Agent
+    optimizers: dict
+    replay: Replay | None
+    atoms: torch.Tensor | None
+    gen: torch.Generator
+    metrics: list = field(default_factory=list)
+
+
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
     os.environ.setdefault("MUJOCO_GL", "egl" if args.capture_video else "disable")  # before dm_control loads
@@ -603,73 +643,55 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     if args.compile:
         compile_networks(agent)
     atoms = None if bandit else critic_supports(args, act_dim).to(device)
-    optimizers = make_optimizers(agent, args)
     replay = None if bandit else Replay(args.buffer_size, args.num_envs, obs_dim, act_dim, 2, device)
-    state = dict(learner_steps=0, env_steps=0, round=0, credit=0.0, evaluations=[], last_eval=-1, last_ckpt=0)
-    state["wall_time"] = 0.0  # counters, results so far and time: all that a checkpoint must carry
+    learner = Learner(agent, make_optimizers(agent, args), replay, atoms, gen)
+    state = TrainState(**ckpt["state"]) if ckpt else TrainState()
     if ckpt:
-        restore(ckpt, agent, optimizers, replay, gen, state)
-    run_dir, writer = open_run(args)
+        restore(ckpt, learner)
     eval_alphas = [args.alpha]
     if args.multi:
         eval_alphas = args.eval_alphas or np.linspace(*args.alpha_range, 5).tolist()
     counter, total = ("learner_steps", args.total_steps) if bandit else ("env_steps", args.total_env_steps)
-    desc = f"{args.method} {args.env_id}"
-    progress = tqdm(
-        total=total, initial=state[counter], unit="step", desc=desc, dynamic_ncols=True, disable=None
-    )
-    start, metrics, last_log = time.time() - state["wall_time"], [], [state["learner_steps"], time.time()]
-
-    def learn() -> None:
-        metrics.append(learner_step(agent, optimizers, replay, atoms, args, gen))
-        state["learner_steps"] += 1
-        if state["learner_steps"] % args.target_update_period == 0:
-            agent.update_targets()
-        if state["learner_steps"] % args.log_every == 0:
-            log_metrics(writer, metrics, state["learner_steps"], last_log, run_dir)
-
-    def checkpoint() -> None:
-        state["wall_time"], state["last_ckpt"] = time.time() - start, state["learner_steps"]
-        save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state)
-
-    while state[counter] < total:
-        before = state[counter]
-        if state["last_eval"] < 0 or state["learner_steps"] - state["last_eval"] >= args.eval_every:
-            evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, progress)
-        if args.checkpoint_every and state["learner_steps"] - state["last_ckpt"] >= args.checkpoint_every:
-            checkpoint()
+    run = open_run(args, state, total, getattr(state, counter))
+    while getattr(state, counter) < total:
+        before = getattr(state, counter)
+        if state.last_eval < 0 or state.learner_steps - state.last_eval >= args.eval_every:
+            evaluate_and_log(agent, args, eval_alphas, state, run)
+        if args.checkpoint_every and state.learner_steps - state.last_ckpt >= args.checkpoint_every:
+            save_checkpoint(run, args, learner, state)
         if bandit:
-            learn()
+            learn(learner, args, state, run)
         else:
-            run_round(envs, agent, replay, args, state, gen, device, writer, learn)
-        progress.update(state[counter] - before)
+            run_round(envs, learner, args, state, run)
+        run.progress.update(getattr(state, counter) - before)
     if args.checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
-        checkpoint()
-    evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, progress)
-    state["wall_time"] = time.time() - start
-    progress.close()
+        save_checkpoint(run, args, learner, state)
+    evaluate_and_log(agent, args, eval_alphas, state, run)
+    state.wall_time = time.time() - run.start
+    run.progress.close()
     if args.save_model:
-        export_policy(agent, args, os.path.join(run_dir, "policy.pt2"))
+        export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
     if args.save_replay:
         save_replay(replay, args, args.save_replay)
-    writer.close()
-    return write_results(args, state, run_dir, eval_alphas, act_dim)
+    run.writer.close()
+    return write_results(args, state, run.dir, eval_alphas, act_dim)
 
 
-def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, device, writer, learn):
+def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave."""
-    obs, _ = envs.reset(seed=round_seeds(args.seed, state["round"], 0, args.num_envs))
+    device, gen = learner.gen.device, learner.gen
+    obs, _ = envs.reset(seed=round_seeds(args.seed, state.round, 0, args.num_envs))
     obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
     alphas = draw_alphas(args, args.num_envs, gen, device)  # one per actor and episode (App. C)
     cond = tradeoff_vector(alphas, args)
     episode_return, done = torch.zeros(args.num_envs, 2, device=device), False
     while not done:
         with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
-            mean, stddev = agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
+            mean, stddev = learner.agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
         executed = actions.cpu().numpy()
         if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
-            diverged("actions", state["learner_steps"], writer.get_logdir())
+            check_finite(learner.agent, state.learner_steps, run.dir)
         next_obs, reward, terminated, truncated, _ = envs.step(executed)
         done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
         cost = -torch.linalg.vector_norm(actions, dim=-1) * args.cost_scale
@@ -677,32 +699,41 @@ def run_round(envs, agent: Agent, replay: Replay, args: Args, state: dict, gen, 
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
         terminals = torch.as_tensor(terminated, device=device)
         transition = dict(obs=obs, actions=actions, rewards=rewards, next_obs=next_obs, terminals=terminals)
-        replay.add(**transition, ends=torch.full_like(terminals, done))
+        learner.replay.add(**transition, ends=torch.full_like(terminals, done))
         episode_return, obs = episode_return + rewards, next_obs
-        state["env_steps"] += args.num_envs
-        if state["env_steps"] >= max(args.learning_starts, args.num_envs * args.n_step):
-            state["credit"] += args.num_envs * args.replay_ratio
-            while state["credit"] >= 1.0:
-                learn()
-                state["credit"] -= 1.0
+        state.env_steps += args.num_envs
+        if state.env_steps >= max(args.learning_starts, args.num_envs * args.n_step):
+            state.credit += args.num_envs * args.replay_ratio
+            while state.credit >= 1.0:
+                learn(learner, args, state, run)
+                state.credit -= 1.0
     for tag, value in zip(("episodic_return", "episodic_cost"), episode_return.mean(0).tolist()):
-        writer.add_scalar(f"charts/{tag}", value, state["env_steps"])
-    state["round"] += 1
+        run.writer.add_scalar(f"charts/{tag}", value, state.env_steps)
+    state.round += 1
 
 
-def log_metrics(writer, metrics: list[dict], step: int, last_log: list, run_dir: str) -> None:
-    """Average the metric tensors since the last log with one device->host copy; stop on NaN/inf."""
-    keys = list(metrics[0])
+def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
+    """One learner step, the target update and the log when due."""
+    agent, optimizers, replay = learner.agent, learner.optimizers, learner.replay
+    learner.metrics.append(learner_step(agent, optimizers, replay, learner.atoms, args, learner.gen))
+    state.learner_steps += 1
+    if state.learner_steps % args.target_update_period == 0:
+        agent.update_targets()
+    if state.learner_steps % args.log_every == 0:
+        log_metrics(agent, run, learner.metrics, state.learner_steps)
+
+
+def log_metrics(agent: Agent, run: Run, metrics: list[dict], step: int) -> None:
+    """Average the metric tensors since the last log with one device->host copy."""
+    check_finite(agent, step, run.dir)
+    keys = [k for k in metrics[0] if k != "loss"]
     values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
     metrics.clear()
-    if not all(math.isfinite(v) for v in values):
-        diverged(", ".join(k for k, v in zip(keys, values) if not math.isfinite(v)), step, run_dir)
     for k, v in zip(keys, values):
-        if k != "loss":
-            writer.add_scalar(k, v, step)
+        run.writer.add_scalar(k, v, step)
     now = time.time()
-    writer.add_scalar("charts/SPS", (step - last_log[0]) / max(now - last_log[1], 1e-9), step)
-    last_log[:] = step, now
+    run.writer.add_scalar("charts/SPS", (step - run.last_log[0]) / max(now - run.last_log[1], 1e-9), step)
+    run.last_log = step, now
 
 
 # ==== 10. Evaluation: per-trade-off returns, Pareto front, hypervolume ====================================
@@ -739,25 +770,26 @@ def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, vid
     return returns
 
 
-def evaluate_and_log(agent, args, eval_alphas, state, writer, run_dir, device, progress) -> None:
+def evaluate_and_log(agent: Agent, args: Args, eval_alphas: list, state: TrainState, run: Run) -> None:
     """Evaluate every trade-off, append to the results, log eval/ tags (and snapshot the policy)."""
-    step = state["learner_steps"]
-    if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):  # diverged since the last log
-        diverged("policy parameters", step, run_dir)
+    step, env_steps, device = state.learner_steps, state.env_steps, next(agent.parameters()).device
+    check_finite(agent, step, run.dir)
     if args.save_model:
-        export_policy(agent, args, os.path.join(run_dir, "policies", f"step_{step}.pt2"))
+        export_policy(agent, args, os.path.join(run.dir, "policies", f"step_{step}.pt2"))
     for alpha in eval_alphas:
-        video = os.path.join(run_dir, "videos", f"step_{step}_alpha_{alpha}.gif")
-        returns = evaluate(agent, args, alpha, state["round"], device, video if args.capture_video else None)
-        mean, env_steps = returns.mean(0).tolist(), state["env_steps"]
+        video = os.path.join(run.dir, "videos", f"step_{step}_alpha_{alpha}.gif")
+        returns = evaluate(agent, args, alpha, state.round, device, video if args.capture_video else None)
+        mean = returns.mean(0).tolist()
         record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}
         record["mean"] = mean
-        state["evaluations"].append(record)
-        progress.write(f"step {step} (env steps {env_steps}) α {alpha}: returns {mean[0]:.2f}, {mean[1]:.2f}")
+        state.evaluations.append(record)
+        run.progress.write(
+            f"step {step} (env steps {env_steps}) α {alpha}: returns {mean[0]:.2f}, {mean[1]:.2f}"
+        )
         prefix = f"eval/alpha_{alpha}/" if args.multi else "eval/"
-        writer.add_scalar(prefix + "episodic_return", mean[0], step)
-        writer.add_scalar(prefix + "episodic_cost", mean[1], step)
-    state["last_eval"] = step
+        run.writer.add_scalar(prefix + "episodic_return", mean[0], step)
+        run.writer.add_scalar(prefix + "episodic_cost", mean[1], step)
+    state.last_eval = step
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -776,10 +808,12 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     return float(area)
 
 
-def write_results(args: Args, state: dict, run_dir: str, eval_alphas: list[float], act_dim: int) -> dict:
+def write_results(
+    args: Args, state: TrainState, run_dir: str, eval_alphas: list[float], act_dim: int
+) -> dict:
     """results.json (docs/dime_morl.md) with the final evaluation's Pareto front and hypervolume; a plot."""
     final = []  # the last evaluation, one entry per trade-off
-    for e in state["evaluations"][-len(eval_alphas) :]:
+    for e in state.evaluations[-len(eval_alphas) :]:
         final.append({"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()})
     points = np.array([f["mean"] for f in final])
     # Hypervolume reference: each objective's worst return (bandits: its value at the other's optimum).
@@ -789,13 +823,12 @@ def write_results(args: Args, state: dict, run_dir: str, eval_alphas: list[float
     results = {"algo": SCRIPT, "method": args.method, "env_id": args.env_id, "seed": args.seed}
     results["alpha"] = None if args.multi else args.alpha
     results["objectives"] = ["f1", "f2"] if args.env_id in BANDITS else ["task", "cost"]
-    results.update(evaluations=state["evaluations"], final=final if args.multi else final[0])
+    results.update(evaluations=state.evaluations, final=final if args.multi else final[0])
     results.update(pareto=points[pareto_mask(points)].tolist(), hypervolume=hypervolume(points, reference))
-    results.update(hv_reference=reference.tolist(), learner_steps=state["learner_steps"])
-    results.update(env_steps=state["env_steps"], wall_time_s=state["wall_time"])
-    results["learner_steps_per_second"] = state["learner_steps"] / max(state["wall_time"], 1e-9)
-    results["args"] = dataclasses.asdict(args)
-    atomic_write(os.path.join(run_dir, "results.json"), lambda f: write_json(f, results))
+    results.update(hv_reference=reference.tolist(), learner_steps=state.learner_steps)
+    results.update(env_steps=state.env_steps, wall_time_s=state.wall_time, args=dataclasses.asdict(args))
+    results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
+    write_json(os.path.join(run_dir, "results.json"), results)
     plot_front(results, os.path.join(run_dir, "pareto.png"))
     return results
 
@@ -825,34 +858,40 @@ def plot_front(results: dict, path: str) -> None:
 
 
 # ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
-def open_run(args: Args):
-    """The run directory (the checkpoint's on --resume) with args.json, and its TensorBoard writer."""
+def open_run(args: Args, state: TrainState, total: int, initial: int) -> Run:
+    """The run directory (the checkpoint's on --resume) with args.json, its TensorBoard writer, progress."""
     from torch.utils.tensorboard import SummaryWriter
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.output_dir, run_name)
+    config, stamp = dataclasses.asdict(args), int(time.time())
+    name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+    run_dir = os.path.join(args.output_dir, name)
     if args.resume:  # continue in the checkpoint's directory
         run_dir = os.path.dirname(os.path.abspath(args.resume))
+        name = os.path.basename(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=bool(args.resume))
         if not args.resume:
-            write_json(os.path.join(run_dir, "args.json"), dataclasses.asdict(args))
+            write_json(os.path.join(run_dir, "args.json"), config)
     except OSError as e:
         fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
     if args.track:
         import wandb
 
-        config, name = dataclasses.asdict(args), os.path.basename(run_dir)
         wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-    writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items())
+    writer, table = SummaryWriter(run_dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-    return run_dir, writer
+    bar = dict(unit="step", desc=f"{args.method} {args.env_id}", dynamic_ncols=True, disable=None)
+    progress = tqdm(total=total, initial=initial, **bar)  # tqdm off when not a tty
+    now = time.time()
+    return Run(run_dir, writer, progress, now - state.wall_time, (state.learner_steps, now))
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    atomic_write(path, write)
 
 
 def atomic_write(path: str, write) -> None:
@@ -862,16 +901,16 @@ def atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir, args, agent, optimizers, replay, gen, state) -> None:
-    """Everything needed to continue exactly: networks, targets, duals, optimisers, replay, RNG, counters.
-    Parameters that are no longer finite are never written over the last good checkpoint."""
-    if not all(torch.isfinite(p).all() for p in agent.parameters()):
-        diverged("parameters", state["learner_steps"], run_dir)
-    ckpt = {"script": SCRIPT, "args": dataclasses.asdict(args), "agent": agent.state_dict()}
-    ckpt["state"] = state
-    ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
-    ckpt["rng"], ckpt["replay"] = gen.get_state(), None if replay is None else replay.state_dict()
-    atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
+def save_checkpoint(run: Run, args: Args, learner: Learner, state: TrainState) -> None:
+    """Everything needed to continue exactly: networks, targets, duals, optimisers, replay, RNG, the
+    TrainState."""
+    check_finite(learner.agent, state.learner_steps, run.dir)
+    state.wall_time, state.last_ckpt = time.time() - run.start, state.learner_steps
+    ckpt = {"script": SCRIPT, "args": dataclasses.asdict(args), "agent": learner.agent.state_dict()}
+    ckpt["optimizers"] = {k: o.state_dict() for k, o in learner.optimizers.items()}
+    ckpt["replay"] = None if learner.replay is None else learner.replay.state_dict()
+    ckpt.update(rng=learner.gen.get_state(), state=dataclasses.asdict(state))
+    atomic_write(os.path.join(run.dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
@@ -898,14 +937,14 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     return ckpt
 
 
-def restore(ckpt: dict, agent, optimizers, replay, gen, state) -> None:
-    agent.load_state_dict(ckpt["agent"])
-    for k, opt in optimizers.items():
+def restore(ckpt: dict, learner: Learner) -> None:
+    """Load a checkpoint's networks, optimisers, replay and RNG in place."""
+    learner.agent.load_state_dict(ckpt["agent"])
+    for k, opt in learner.optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
-    if replay is not None:
-        replay.load_state_dict(ckpt["replay"])
-    gen.set_state(ckpt["rng"])
-    state.update(ckpt["state"])
+    if learner.replay is not None:
+        learner.replay.load_state_dict(ckpt["replay"])
+    learner.gen.set_state(ckpt["rng"])
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
