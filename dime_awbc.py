@@ -51,7 +51,10 @@ MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
 MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
 SCRIPT = os.path.basename(__file__)
-CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
+CPU_PRESET = (  # chosen on cartpole_swingup and cheetah_run (docs/results.md, "The CPU preset")
+    "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20 --bf16"
+    " --total-steps 20000 --eval-every 5000 --eval-episodes 20"
+)
 RESUME_OVERRIDES = {"total_steps", "checkpoint_every", "eval_every", "resume", "cuda", "track", "save_model"}
 RESUME_OVERRIDES |= {"log_every", "compile", "bf16"}  # flags a --resume may change
 AT_LEAST = dict(batch_size=1, num_samples=1, n_step=1, num_atoms=2, eval_episodes=1, total_steps=1)
