@@ -430,6 +430,8 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_tas
     stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
     stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
     stats["charts/tradeoff"], stats["losses/log_ratio_mean"] = alpha.detach(), log_ratio.mean()
+    stats["losses/q_min"], stats["losses/q_max"] = q_task.min(), q_task.max()  # Acme's diagnostics
+    stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
     bounds = [args.epsilon] if args.method == "ls" else [args.epsilon, args.epsilon_teacher]
     for k, (eta, kl, bound) in enumerate(zip(dual(agent.log_temperature), kl_q, bounds)):
         if k == 1 and args.fixed_eta2:  # η_2 = 1 is fixed and unbounded: its KL is logged as it is

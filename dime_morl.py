@@ -487,6 +487,8 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_val
     stats.update({"losses/alpha_mean": alpha_mean, "losses/alpha_stddev": alpha_stddev})
     for k, (eta, kl_q) in enumerate(zip(temperature, compute_nonparametric_kl(weights) / epsilons)):
         stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
+    stats["losses/q_min"], stats["losses/q_max"] = q_values[..., 0].min(), q_values[..., 0].max()  # task Q
+    stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
     return loss + temperature_loss + dual_mean + dual_std, stats
 
 
