@@ -83,12 +83,20 @@ def d3rlpy_worker(dataset: str, steps: int, warmup: int) -> float:
 
 def d3rlpy_train_worker(dataset: str, steps: int, eval_every: int, seed: int, cell: str) -> None:
     """Train d3rlpy's CRR with its own `fit` loop; export the greedy policy (TorchScript) at step 0 and
-    every `eval_every` steps to <cell>/policy_<step>.pt for evaluation in the project's environment."""
+    every `eval_every` steps to <cell>/policy_<step>.pt for evaluation in the project's environment, and
+    write the advantage diagnostics our scripts log to <cell>/diagnostics.json (`d3rlpy_diagnostics`)."""
     from d3rlpy.logging import NoopAdapterFactory
 
     algo, data = make_d3rlpy_crr(dataset, seed)
     algo.save_policy(os.path.join(cell, "policy_0.pt"))
-    save = lambda algo, epoch, step: algo.save_policy(os.path.join(cell, f"policy_{step}.pt"))
+    diagnostics = []
+
+    def save(algo, epoch, step):
+        algo.save_policy(os.path.join(cell, f"policy_{step}.pt"))
+        diagnostics.append({"step": step, **d3rlpy_diagnostics(algo, dataset)})
+        with open(os.path.join(cell, "diagnostics.json"), "w") as f:
+            json.dump(diagnostics, f, indent=1)
+
     algo.fit(
         data,
         n_steps=steps,
@@ -97,6 +105,31 @@ def d3rlpy_train_worker(dataset: str, steps: int, eval_every: int, seed: int, ce
         show_progress=False,
         epoch_callback=save,
     )
+
+
+def d3rlpy_diagnostics(algo, dataset: str, rows: int = 4096) -> dict:
+    """CRR's advantage of the dataset action on evenly spaced rows, as d3rlpy's loss forms it: A = Q(s, a_D)
+    - mean over 4 policy samples of Q(s, a), with the weights exp(A) clipped at 20, under the names of our
+    scripts' diagnostics (docs/dime_bc.md, "Logged metrics")."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(dataset, "r") as h5:
+        idx = np.linspace(0, len(h5["rewards"]) - 1, rows).astype(int)
+        obs, actions = h5["observations"][:][idx], h5["actions"][:][idx]
+    q_data = algo.predict_value(obs, actions)
+    q_samples = np.stack([algo.predict_value(obs, algo.sample_action(obs)) for _ in range(D3RLPY_SAMPLES)])
+    advantage = q_data - q_samples.mean(0)
+    weights = np.minimum(np.exp(advantage), 20.0)
+    return {
+        "q_min": float(q_samples.min()),
+        "q_max": float(q_samples.max()),
+        "advantage_mean": float(advantage.mean()),
+        "advantage_std": float(advantage.std()),
+        "weight_below_0.1": float((weights < 0.1).mean()),
+        "weight_above_10": float((weights > 10).mean()),
+        "weight_ess": float(weights.sum() ** 2 / (len(weights) * (weights**2).sum())),
+    }
 
 
 def ours_worker(script: str, dataset: str, steps: int, warmup: int, bf16: bool, compile: bool) -> float:
