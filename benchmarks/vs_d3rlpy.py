@@ -195,7 +195,6 @@ QUALITY_LEARNERS = {  # name: (script, flags), each at the comparison's setting
     "dime_bc": ("dime_bc", "--alpha 0.45"),
     "dime_awbc": ("dime_awbc", "--alpha 0.5"),
 }
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # Student t
 
 
 def resolve_dataset(spec: str) -> tuple[str, str, str]:
@@ -295,7 +294,9 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     if n < 2:
         return mean, 0.0
     sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return mean, T_975.get(n - 1, 1.96) * sd / n**0.5
+    from aggregate import ci95  # benchmarks/aggregate.py: the Student t every table here uses
+
+    return mean, ci95(sd / n**0.5, n)
 
 
 def quality(opts) -> None:
