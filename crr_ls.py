@@ -3,13 +3,18 @@
 
 Policy iteration on a fixed dataset D. A C51 critic evaluates π_i (the critic of dime_bc.py); the policy fits
 the dataset actions weighted by their exponentiated advantage at temperature β = α/(1-α):
-    loss = -E_D[min(exp(((1-α)/α)·A(s, a_D)), 20)·log π_θ(a_D|s)],  A = Q(s, a_D) - mean_i Q(s, a_i)
-over N actions a_i sampled from π_i. Trade-off and Q scale are tied in one temperature (the paper's case
-against LS, Sec. 5.2). α = 1 is behaviour cloning exactly (w ≡ 1): the project's BC baseline. Paper: α = 0.3.
+    loss = -E_D[min(exp(((1-α)/α)·A(s, a_D)), 20)·log π̃(a_D|s)] + KL penalties
+with A = Q(s, a_D) - mean_i Q(s, a_i) over N actions a_i sampled from π_i; π̃ is the decoupled M-step of
+dime_bc.py, with its KL trust region. Trade-off and Q scale are tied in one temperature (the paper's case
+against LS, Sec. 5.2). α = 1 (w ≡ 1) is the paper's BC baseline, "LS or DiME with α = 1". Paper: α = 0.3.
 
 Decisions the paper leaves open (docs/crr_ls.md, "Implementation details"):
+- The M-step: Table 3 gives every approach the decoupled KL trust region (ε_μ, ε_σ), and Table 4 lists a
+  "policy loss KL-constraint ε (LS) 0.01". LS has no E-step KL bound (α fixes its temperature), so 0.01 is
+  read as LS's bound on the mean, ε_μ, with Table 3's ε_σ = 1e-5. --no-trust-region drops it: the plain
+  weighted maximum likelihood of CRR and d3rlpy (and, at α = 1, maximum-likelihood BC).
 - Weights in log space: exp(min(((1-α)/α)·A, log 20)) never overflows, even as α -> 0. No E-step
-  temperature and no M-step trust region: CRR's loss is plain weighted maximum likelihood.
+  temperature: β is the trade-off.
 - One target-critic pass per learner step, as in Acme's DMPO learner: the N actions sampled at the bootstrap
   state s' = s_{t+k} of each n-step transition give both the C51 mixture target and the advantage
   baseline, and the weighted BC uses the dataset action at s' (the second action of RL Unplugged's SARSA
@@ -47,6 +52,8 @@ from tqdm import tqdm
 from common.c51 import categorical_l2_project
 from common.datasets import DatasetError, check_env, discounted_returns, load_dataset, nstep_transitions
 
+MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
+MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
 POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
 SCRIPT = os.path.basename(__file__)
 CPU_PRESET = (  # chosen on cartpole_swingup and cheetah_run (docs/results.md, "The CPU preset")
@@ -84,6 +91,12 @@ class Args:
     # (required) trade-off in (0, 1]: temperature α/(1-α) of the advantage (eq. 10); paper: 0.3; 1 = BC
     alpha: float | None = None
     max_weight: float = 20.0  # clip of the weight exp(((1-α)/α)·A) (CRR-exp)
+    # M-step KL bounds on π_θ's mean and stddev (Tables 3-4); --no-trust-region: CRR's plain weighted ML
+    trust_region: bool = True
+    epsilon_mean: float = 0.01  # ε_μ: M-step KL bound on the policy mean (Table 4: "KL-constraint ε (LS)")
+    epsilon_stddev: float = 1e-5  # ε_σ: M-step KL bound on the policy stddev (Table 3)
+    init_log_alpha_mean: float = 1.0  # initial softplus-space value of the mean multiplier α_μ (Acme TF DMPO)
+    init_log_alpha_stddev: float = 10.0  # same for α_σ (Acme TF DMPO)
     total_steps: int = 1_000_000  # learner steps (Table 3)
     batch_size: int = 512  # transitions per learner step (Table 3)
     # hidden layers of policy and critic (Table 3); CPU preset: 256 256 256
@@ -95,6 +108,7 @@ class Args:
     v_max: float = 150.0  # upper end of the critic's support (Table 3)
     num_atoms: int = 101  # atoms of the categorical critic (Table 3)
     lr: float = 1e-4  # Adam learning rate of policy and critic (Table 3)
+    dual_lr: float = 1e-2  # Adam learning rate of the dual variables (Table 3)
     weight_decay: float = 0.01  # decoupled (AdamW) weight decay: lr·decay = 1e-6 per step (Table 4)
     target_update_period: int = 100  # learner steps between hard copies into the target networks (Table 3)
     grad_clip: float = 40.0  # global gradient-norm clip of policy and critic
@@ -254,7 +268,7 @@ class Critic(nn.Module):
 
 
 class Agent(nn.Module):
-    """Every learned quantity (online and target networks) in one state_dict."""
+    """Every learned quantity (online and target networks, dual variables) in one state_dict."""
 
     def __init__(self, obs_dim: int, act_dim: int, args: Args):
         super().__init__()
@@ -262,6 +276,9 @@ class Agent(nn.Module):
         self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
         critic_in = obs_dim + act_dim
         self.critic, self.target_critic = (Critic(critic_in, args.num_atoms, hidden) for _ in range(2))
+        # Duals of the M-step's trust region live in log space behind softplus (Acme): per-dimension α_μ, α_σ.
+        self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
+        self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
         self.update_targets()
 
     @torch.no_grad()
@@ -270,14 +287,17 @@ class Agent(nn.Module):
         self.target_policy.load_state_dict(self.policy.state_dict())
         self.target_critic.load_state_dict(self.critic.state_dict())
 
+    def duals(self) -> list[nn.Parameter]:
+        return [self.log_alpha_mean, self.log_alpha_stddev]
+
 
 def make_optimizers(agent: Agent, args: Args) -> dict:
-    """One optimiser per parameter group: policy, critic."""
+    """One optimiser per parameter group, as in Acme's MPO learners: policy, critic, duals."""
     adamw = {
         n: torch.optim.AdamW(getattr(agent, n).parameters(), args.lr, weight_decay=args.weight_decay)
         for n in ("policy", "critic")
     }
-    return adamw
+    return {**adamw, "duals": torch.optim.Adam(agent.duals(), args.dual_lr)}
 
 
 def compile_networks(agent: Agent) -> None:
@@ -285,6 +305,11 @@ def compile_networks(agent: Agent) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
     for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
         net.compile()
+
+
+def dual(param: torch.Tensor) -> torch.Tensor:
+    """Positive dual variable from its log-space parameter (softplus + epsilon, Acme)."""
+    return F.softplus(param) + MPO_FLOAT_EPSILON
 
 
 # ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
@@ -307,10 +332,29 @@ def compute_advantage_weights(q_values: torch.Tensor, alpha: float, max_weight: 
     return (advantage * ((1.0 - alpha) / alpha)).clamp(max=math.log(max_weight)).exp()
 
 
-# ==== 6. M-step: weighted maximum likelihood =============================================================
+# ==== 6. M-step: weighted maximum likelihood, with the decoupled KL trust region of Acme's MPO ==============
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, stddev: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, diag(stddev²)), summed over the last (action) dimension."""
     return (-0.5 * ((x - mean) / stddev) ** 2 - stddev.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
+    """Per-dimension KL(N(mean_p, stddev_p²) ‖ N(mean_q, stddev_q²)), shape of the inputs."""
+    return (stddev_q / stddev_p).log() + (stddev_p**2 + (mean_p - mean_q) ** 2) / (2 * stddev_q**2) - 0.5
+
+
+def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
+    """-Σ_M w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
+    actions [M, B, D], weights [M, B] (combined over objectives), distribution parameters [B, D]."""
+    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)  # trains the mean
+    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)  # trains the stddev
+    return -(weights * (fixed_stddev + fixed_mean)).sum(0).mean()
+
+
+def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, epsilon: float):
+    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)). kl [B, D]."""
+    alpha, mean_kl = dual(log_alpha), kl.mean(0)  # [D], [D]
+    return (alpha.detach() * mean_kl).sum(), (alpha * (epsilon - mean_kl.detach())).sum(), mean_kl.mean()
 
 
 # ==== 7. Policy objective: LS (CRR-exp), eq. 10 ===========================================================
@@ -327,13 +371,30 @@ class PolicyBatch(NamedTuple):
 
 
 def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
-    """LS on the batch's states: -mean_B w·log π_θ(a'|s') over the dataset actions where a' exists (eq. 10);
-    the weights come from the Q of a' against the N sampled actions'. Returns (loss, stats)."""
+    """LS on the batch's states: the dataset actions a' weighted by w = exp(((1-α)/α)·A) where a' exists
+    (eq. 10); the weights come from the Q of a' against the N sampled actions'. The M-step fits them inside
+    the decoupled trust region around π_i = N(target_mean, target_stddev), or, with --no-trust-region, by
+    plain weighted maximum likelihood -mean_B w·log π_θ(a'|s') (CRR). Returns (loss, stats)."""
     weights = compute_advantage_weights(batch.q_values, args.alpha, args.max_weight) * batch.valid
     mean, stddev = agent.policy(batch.states)
-    loss_policy = -(weights * gaussian_log_prob(batch.dataset_actions, mean, stddev)).mean()
-    stats = {"losses/policy_loss": loss_policy, "losses/weight_mean": weights.mean()}
-    return loss_policy, {**stats, **offline_diagnostics(batch.q_values, weights, stddev, batch.valid)}
+    stats = {"losses/weight_mean": weights.mean()}
+    stats.update(offline_diagnostics(batch.q_values, weights, stddev, batch.valid))
+    if not args.trust_region:
+        loss_policy = -(weights * gaussian_log_prob(batch.dataset_actions, mean, stddev)).mean()
+        return loss_policy, {"losses/policy_loss": loss_policy, **stats}
+    mean_i, stddev_i = batch.target_mean, batch.target_stddev  # π_i
+    actions = batch.dataset_actions[None]  # [1, B, D]: one action per state, the dataset's
+    cross_entropy = compute_cross_entropy_loss(actions, weights[None], mean, stddev, mean_i, stddev_i)
+    kl_mean = gaussian_kl(mean_i, stddev_i, mean, stddev_i)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
+    kl_stddev = gaussian_kl(mean_i, stddev_i, mean_i, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
+    trust_region = compute_kl_penalty_and_dual_loss
+    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
+    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
+    loss_policy = cross_entropy + pen_mean + pen_std  # trains π_θ
+    loss_dual = dual_mean + dual_std  # trains α_μ, α_σ
+    stats.update({"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std})
+    stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals())
+    return loss_policy + loss_dual, stats
 
 
 @torch.no_grad()
@@ -360,7 +421,7 @@ def offline_diagnostics(q_values, data_weights, stddev, valid) -> dict:
     return stats
 
 
-# ==== 8. Learner step: one update of critic and policy ===================================================
+# ==== 8. Learner step: one update of critic, policy and duals =============================================
 def sample_batch(data: dict, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """A minibatch of n-step SARSA tuples (s, a, R, γ^k·Π d, s', a', a' exists), drawn on the device."""
     idx = torch.randint(0, len(data["returns"]), (batch_size,), device=data["returns"].device, generator=gen)
@@ -394,6 +455,9 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
         nn.utils.clip_grad_norm_(getattr(agent, name).parameters(), args.grad_clip)
     for opt in optimizers.values():
         opt.step()
+    with torch.no_grad():
+        for p in agent.duals():
+            p.clamp_(min=MIN_LOG_DUAL)
     return stats
 
 

@@ -190,8 +190,11 @@ def default_dataset() -> str:
 
 QUALITY_LEARNERS = {  # name: (script, flags), each at the comparison's setting
     "bc": ("dime_bc", "--alpha 1"),  # the paper's BC: DiME (BC) at α = 1, through the M-step
-    "bc_ml": ("crr_ls", "--alpha 1"),  # BC by maximum likelihood: LS at α = 1 (no trust region)
-    "ls": ("crr_ls", "--alpha 0.5"),  # CRR-exp with weights exp((1-α)/α·A) = exp(A): d3rlpy's β = 1
+    "bc_ml": ("crr_ls", "--alpha 1 --no-trust-region"),  # BC by plain maximum likelihood
+    # CRR-exp with weights exp((1-α)/α·A) = exp(A) (d3rlpy's β = 1) by plain weighted maximum likelihood, as
+    # d3rlpy's CRR: the d3rlpy-equivalent setting; "ls" is the paper's LS, through the M-step's trust region
+    "ls_ml": ("crr_ls", "--alpha 0.5 --no-trust-region"),
+    "ls": ("crr_ls", "--alpha 0.5"),
     "dime_bc": ("dime_bc", "--alpha 0.45"),
     "dime_awbc": ("dime_awbc", "--alpha 0.5"),
 }

@@ -44,12 +44,13 @@ def run_dir(results: dict, output_dir) -> str:
 
 
 # ------------------------------------------------------------------------------------ policy-loss maths
-def loss_inputs(module, alpha: float, seed: int = 0, q_scale: float = 1.0):
+def loss_inputs(module, alpha: float, seed: int = 0, q_scale: float = 1.0, **flags):
     torch.manual_seed(seed)
-    args = module.Args(alpha=alpha, hidden_sizes=(16, 16), num_samples=5)
+    args = module.Args(alpha=alpha, hidden_sizes=(16, 16), num_samples=5, **flags)
     agent = module.Agent(3, 2, args)
     states, dataset_actions = torch.randn(7, 3), torch.rand(7, 2) * 2 - 1
-    target_mean, target_stddev = agent.target_policy(states)
+    with torch.no_grad():
+        target_mean, target_stddev = agent.target_policy(states)
     sampled = target_mean + target_stddev * torch.randn(5, 7, 2)
     q_values = torch.randn(6, 7) * q_scale
     valid = torch.tensor([1.0, 1, 1, 0, 1, 1, 1])
@@ -57,15 +58,57 @@ def loss_inputs(module, alpha: float, seed: int = 0, q_scale: float = 1.0):
     return agent, args, batch
 
 
-def test_crr_ls_at_alpha_1_is_exactly_behaviour_cloning():
+def test_crr_ls_at_alpha_1_without_trust_region_is_exactly_maximum_likelihood():
     import crr_ls
 
-    agent, args, batch = loss_inputs(crr_ls, alpha=1.0, q_scale=50.0)
+    agent, args, batch = loss_inputs(crr_ls, alpha=1.0, q_scale=50.0, trust_region=False)
     loss, _ = crr_ls.policy_loss(agent, batch, args)
     mean, stddev = agent.policy(batch.states)
     log_prob = torch.distributions.Normal(mean, stddev).log_prob(batch.dataset_actions).sum(-1)
     bc = -(batch.valid * log_prob).mean()
     torch.testing.assert_close(loss, bc, rtol=0, atol=1e-6)
+
+
+def test_crr_ls_at_alpha_1_is_dime_bc_at_alpha_1():
+    """The paper's BC baseline is "LS or DiME with α = 1": through the same trust region (same ε_μ), both
+    give the policy and its M-step duals the same gradients (dime_bc adds only its E-step temperature's)."""
+    import crr_ls
+    import dime_bc
+
+    grads = []
+    for module in (crr_ls, dime_bc):
+        agent, args, batch = loss_inputs(module, alpha=1.0, q_scale=50.0, epsilon_mean=0.0025)
+        batch.q_values[:-1] += torch.randn(5, 7)  # the sampled actions' Q must not matter at α = 1
+        loss, _ = module.policy_loss(agent, batch, args)
+        loss.backward()
+        params = [*agent.policy.parameters(), agent.log_alpha_mean, agent.log_alpha_stddev]
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_crr_ls_trust_region_bounds_the_policy_step():
+    """Taking steps on the LS loss alone with π_i held fixed, the trust region's mean dual grows and keeps
+    the policy mean far closer to π_i than plain weighted maximum likelihood does."""
+    import crr_ls
+
+    kls = {}
+    for trust_region in (True, False):
+        agent, args, batch = loss_inputs(crr_ls, alpha=0.5, q_scale=5.0, trust_region=trust_region, lr=1e-3)
+        optimizers = crr_ls.make_optimizers(agent, args)
+        for _ in range(500):
+            loss, stats = crr_ls.policy_loss(agent, batch, args)
+            for opt in optimizers.values():
+                opt.zero_grad()
+            loss.backward()
+            for opt in optimizers.values():
+                opt.step()
+        mean, stddev = agent.policy(batch.states)
+        kl = crr_ls.gaussian_kl(batch.target_mean, batch.target_stddev, mean, batch.target_stddev)
+        kls[trust_region] = kl.mean().item()
+        if trust_region:
+            assert crr_ls.dual(agent.log_alpha_mean).min() > 2 * crr_ls.dual(torch.tensor(1.0))
+    assert kls[True] < 0.5 * kls[False]
 
 
 def test_crr_ls_weights_stay_finite_for_tiny_alpha():
