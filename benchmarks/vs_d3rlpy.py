@@ -28,6 +28,7 @@ mixed-quality set where BC is beatable) or ENV:PATH (an HDF5 file).
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -243,10 +244,9 @@ def quality_cell(opts, tag: str, env_id: str, path: str, learner: str, seed: int
     """One (dataset, learner, seed) run, or its results.json when it already finished."""
     import glob
 
+    if done := finished_cell(opts, tag, learner, seed):
+        return done
     cell = os.path.join(opts.out, tag, learner, f"seed_{seed}")
-    done = glob.glob(os.path.join(cell, "**", "results.json"), recursive=True)
-    if done:
-        return json.load(open(done[0]))
     os.makedirs(cell, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
     log = open(os.path.join(cell, "run.log"), "w")
@@ -303,29 +303,43 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
 
 
 def quality(opts) -> None:
-    """Train every learner on every dataset and seed (finished cells are skipped); print the final returns."""
+    """Train every learner on every dataset and seed (finished cells are skipped; --summary: train nothing,
+    report the finished cells); print the final returns."""
     learners = ["d3rlpy_crr", *opts.learners]
     table = {}
     for spec in opts.datasets:
         tag, env_id, path = resolve_dataset(spec)
         for learner in learners:
-            finals = [quality_cell(opts, tag, env_id, path, learner, s)["final"]["mean"] for s in opts.seeds]
-            table.setdefault(tag, {})[learner] = finals
+            if opts.summary:
+                runs = [finished_cell(opts, tag, learner, s) for s in opts.seeds]
+            else:
+                runs = [quality_cell(opts, tag, env_id, path, learner, s) for s in opts.seeds]
+            table.setdefault(tag, {})[learner] = [r["final"]["mean"] for r in runs if r]
     header = f"| learner | {' | '.join(table)} |"
     lines = [header, "|---" * (len(table) + 1) + "|"]
     for learner in learners:
         cells = []
         for tag in table:
-            mean, half = mean_interval(table[tag][learner])
-            cells.append(f"{mean:.1f} ± {half:.1f}")
+            finals = table[tag][learner]
+            mean, half = mean_interval(finals) if finals else (math.nan, math.nan)
+            cells.append(f"{mean:.1f} ± {half:.1f} ({len(finals)})" if finals else "–")
         lines.append(f"| {learner} | {' | '.join(cells)} |")
     setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"
-    text = f"Final return, mean ± 95 % interval over seeds ({setting}):\n\n" + "\n".join(lines) + "\n"
+    text = f"Final return, mean ± 95 % interval (seeds) ({setting}):\n\n" + "\n".join(lines) + "\n"
     print(text)
     with open(os.path.join(opts.out, "table.md"), "w") as f:
         f.write(text)
     with open(os.path.join(opts.out, "table.json"), "w") as f:
         json.dump({"setting": setting, "final_returns": table}, f, indent=1)
+
+
+def finished_cell(opts, tag: str, learner: str, seed: int) -> dict | None:
+    """A (dataset, learner, seed) cell's results.json if it finished, else None."""
+    import glob
+
+    cell = os.path.join(opts.out, tag, learner, f"seed_{seed}")
+    done = glob.glob(os.path.join(cell, "**", "results.json"), recursive=True)
+    return json.load(open(done[0])) if done else None
 
 
 def main() -> None:
@@ -344,6 +358,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP threads of every worker")
     parser.add_argument("--out", help="speed: also write the table as JSON here; quality: the results folder")
     parser.add_argument("--quality", action="store_true", help="compare final returns instead of speed")
+    parser.add_argument("--summary", action="store_true", help="quality: tabulate finished cells, train none")
     parser.add_argument("--train-steps", type=int, default=20_000, help="quality: learner steps per run")
     parser.add_argument("--datasets", nargs="+", default=["cheetah_run", "cheetah_run:random=0.5"])
     parser.add_argument(
@@ -372,7 +387,7 @@ def main() -> None:
             )
         print(json.dumps({"seconds_per_step": sec}))
         return
-    if not os.path.exists(opts.d3rlpy_python):
+    if not os.path.exists(opts.d3rlpy_python) and not opts.summary:
         sys.exit(f"error: no d3rlpy interpreter at {opts.d3rlpy_python}; make one (benchmarks/README.md)")
     if opts.quality:
         opts.out = opts.out or os.path.join(ROOT, "benchmarks", "results", "vs_d3rlpy_quality")
