@@ -322,10 +322,11 @@ def quality(opts) -> None:
         for tag in table:
             finals = table[tag][learner]
             mean, half = mean_interval(finals) if finals else (math.nan, math.nan)
-            cells.append(f"{mean:.1f} ± {half:.1f} ({len(finals)})" if finals else "–")
+            seeds = ", ".join(f"{v:.1f}" for v in finals)
+            cells.append(f"{mean:.1f} ± {half:.1f} ({seeds})" if finals else "–")
         lines.append(f"| {learner} | {' | '.join(cells)} |")
     setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"
-    text = f"Final return, mean ± 95 % interval (seeds) ({setting}):\n\n" + "\n".join(lines) + "\n"
+    text = f"Final return, mean ± 95 % interval (each seed's) ({setting}):\n\n" + "\n".join(lines) + "\n"
     print(text)
     with open(os.path.join(opts.out, "table.md"), "w") as f:
         f.write(text)
