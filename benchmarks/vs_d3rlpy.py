@@ -199,6 +199,10 @@ QUALITY_LEARNERS = {  # name: (script, flags), each at the comparison's setting
     "dime_bc": ("dime_bc", "--alpha 0.45"),
     "dime_awbc": ("dime_awbc", "--alpha 0.5"),
 }
+DEFAULT_LEARNERS = list(QUALITY_LEARNERS)  # the paper's trade-offs
+# the offline table's other trade-offs, for each DiME's best α on a dataset (asked for by name: dime_bc_a0.9)
+QUALITY_LEARNERS |= {f"dime_bc_a{a}": ("dime_bc", f"--alpha {a}") for a in (0.1, 0.5, 0.9)}
+QUALITY_LEARNERS |= {f"dime_awbc_a{a}": ("dime_awbc", f"--alpha {a}") for a in (0.1, 0.9)}
 
 
 def resolve_dataset(spec: str) -> tuple[str, str, str]:
@@ -362,9 +366,7 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="quality: tabulate finished cells, train none")
     parser.add_argument("--train-steps", type=int, default=20_000, help="quality: learner steps per run")
     parser.add_argument("--datasets", nargs="+", default=["cheetah_run", "cheetah_run:random=0.5"])
-    parser.add_argument(
-        "--learners", nargs="+", default=list(QUALITY_LEARNERS), choices=list(QUALITY_LEARNERS)
-    )
+    parser.add_argument("--learners", nargs="+", default=DEFAULT_LEARNERS, choices=list(QUALITY_LEARNERS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument(
         "--eval-every", type=int, default=5000, help="quality: learner steps between evaluations"
