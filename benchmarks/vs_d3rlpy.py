@@ -23,7 +23,8 @@ own evaluation; d3rlpy's policies are exported with `save_policy` and evaluated 
 live in <out>/<dataset>/<learner>/seed_<s>/ with a results.json each, so a re-run skips finished cells and
 adds seeds. Prints the final return per learner and dataset: mean and 95 % interval over seeds.
 Datasets: ENV (its zoo dataset), ENV:random=F (a zoo dataset with a share F of uniform-random episodes, a
-mixed-quality set where BC is beatable) or ENV:PATH (an HDF5 file).
+mixed-quality set where BC is beatable), ENV:gaits=F (a share F of open-loop gait episodes, the rest zoo
+policies: many different actions at the same states) or ENV:PATH (an HDF5 file).
 """
 
 import argparse
@@ -206,16 +207,22 @@ QUALITY_LEARNERS |= {f"dime_awbc_a{a}": ("dime_awbc", f"--alpha {a}") for a in (
 
 
 def resolve_dataset(spec: str) -> tuple[str, str, str]:
-    """ENV | ENV:random=F | ENV:PATH -> (tag, env id, HDF5 path); zoo datasets are built on first use."""
+    """ENV | ENV:random=F | ENV:gaits=F | ENV:PATH -> (tag, env id, HDF5 path); zoo datasets are built on
+    first use (random=F: a share F of uniform-random episodes; gaits=F: a share F of open-loop gaits)."""
     sys.path.insert(0, ROOT)
     from common.datasets import cache_dir, load_zoo
 
     env_id, _, rest = spec.partition(":")
-    if rest and not rest.startswith("random="):
+    kind, _, value = rest.partition("=")
+    if rest and kind not in ("random", "gaits"):
         return f"{env_id}_{os.path.splitext(os.path.basename(rest))[0]}", env_id, rest
-    fraction = float(rest[len("random=") :]) if rest else 0.1  # 0.1: the zoo default
-    ds = load_zoo(env_id, random_fraction=fraction)
-    tag = env_id if not rest else f"{env_id}_random{fraction:g}"
+    recipe = {"random_fraction": 0.1}  # the zoo default
+    if kind == "random":
+        recipe = {"random_fraction": float(value)}
+    if kind == "gaits":
+        recipe = {"random_fraction": 0.0, "gait_fraction": float(value)}
+    ds = load_zoo(env_id, **recipe)
+    tag = env_id if not rest else f"{env_id}_{kind}{float(value):g}"
     return tag, env_id, os.path.join(cache_dir(), ds.source.split(":", 1)[1] + ".hdf5")
 
 

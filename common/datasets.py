@@ -625,21 +625,29 @@ def zoo_policies(env_id: str) -> list[dict]:
     return entries
 
 
-def zoo_dataset_id(env_id: str, episodes: int, seed: int, noise: float, random_fraction: float) -> str:
-    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, episodes, seed, noise, random_fraction]).encode())
+def zoo_dataset_id(
+    env_id: str, episodes: int, seed: int, noise: float, random_fraction: float, gait_fraction: float = 0.0
+) -> str:
+    recipe = [FORMAT_VERSION, episodes, seed, noise, random_fraction]
+    if gait_fraction:  # absent from the default recipe, whose ids (and caches) stay as they were
+        recipe.append(gait_fraction)
+    digest = hashlib.sha256(json.dumps(recipe).encode())
     for entry in zoo_policies(env_id):
         digest.update(open(os.path.join(ROOT, entry["file"]), "rb").read())
     return f"zoo_{env_id}_{episodes}ep_seed{seed}_{digest.hexdigest()[:8]}"
 
 
 ZOO_CHUNK = 25  # episodes stepped in lockstep: the unit of work, fixed so results never depend on workers
+RANDOM, GAIT = -1, -2  # behaviours that are not zoo policies: uniform-random and open-loop gait episodes
+GAIT_PERIOD = (10, 60)  # steps per cycle of an open-loop gait, drawn per episode (cheetah_run: returns 0-132)
 _WORKER: dict = {}  # per process: the envs and policies of one task, built once
 
 
 def rollout_chunk(env_id: str, ids: list[int], behaviour: list[int], seed: int, noise: float) -> list[dict]:
-    """Episodes `ids` in lockstep: behaviour -1 acts uniformly at random, p ≥ 0 acts
-    clip(μ_p(s) + noise·ε) with one batched call per policy and step; episode e draws its reset seed and
-    noise from default_rng([seed, e]), so it is a pure function of (seed, e)."""
+    """Episodes `ids` in lockstep: behaviour RANDOM acts uniformly at random; GAIT plays an open-loop gait,
+    a_t = clip(amp·sin(2π·t/period + phase)) with one period per episode and an amplitude in [0.3, 1] and a
+    phase per action dimension; p ≥ 0 acts clip(μ_p(s) + noise·ε) with one batched call per policy and step.
+    Episode e draws its reset seed, gait and noise from default_rng([seed, e]): a function of (seed, e)."""
     import torch
 
     if _WORKER.get("env_id") != env_id:
@@ -650,6 +658,12 @@ def rollout_chunk(env_id: str, ids: list[int], behaviour: list[int], seed: int, 
     action_dims, behaviour = envs[0].action_space.shape[0], np.asarray(behaviour)
     rngs = [np.random.default_rng([seed, e]) for e in ids]
     obs = np.stack([envs[i].reset(seed=int(r.integers(2**31)))[0] for i, r in enumerate(rngs)])
+    gaits = [  # (period, amplitude [D], phase [D]); drawn after the reset seed, for gait episodes only
+        (r.uniform(*GAIT_PERIOD), r.uniform(0.3, 1.0, action_dims), r.uniform(0, 2 * np.pi, action_dims))
+        if b == GAIT
+        else None
+        for r, b in zip(rngs, behaviour)
+    ]
     steps = [{k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminals")} for _ in ids]
     alive = np.ones(len(ids), bool)
     while alive.any():
@@ -660,8 +674,11 @@ def rollout_chunk(env_id: str, ids: list[int], behaviour: list[int], seed: int, 
                 if len(idx):
                     actions[idx] = policy(torch.as_tensor(obs[idx], dtype=torch.float32))[0].numpy()
         for i in np.flatnonzero(alive):
-            if behaviour[i] < 0:
+            if behaviour[i] == RANDOM:
                 actions[i] = rngs[i].uniform(-1.0, 1.0, action_dims)
+            elif behaviour[i] == GAIT:
+                period, amplitude, phase = gaits[i]
+                actions[i] = amplitude * np.sin(2 * np.pi * len(steps[i]["obs"]) / period + phase)
             else:
                 actions[i] += noise * rngs[i].standard_normal(action_dims)
             action = np.clip(actions[i], -1.0, 1.0).astype(np.float32)
@@ -686,9 +703,12 @@ def build_zoo_dataset(
     random_fraction: float = 0.1,
     workers: int | None = None,
     progress: bool = True,
+    gait_fraction: float = 0.0,
 ) -> Dataset:
-    """Roll out the zoo: the first `random_fraction` of the episodes act uniformly at random, episode e of
-    the others follows zoo policy e mod P (worst to best) with Gaussian action noise (`rollout_chunk`).
+    """Roll out the zoo: the first `random_fraction` of the episodes act uniformly at random, the next
+    `gait_fraction` play open-loop gaits (many different actions at similar states, a mixed-quality set where
+    BC averages the gaits), episode e of the others follows zoo policy e mod P (worst to best) with Gaussian
+    action noise (`rollout_chunk`).
 
     Chunks of ZOO_CHUNK episodes run in `workers` processes (default: one per core).
     """
@@ -697,8 +717,11 @@ def build_zoo_dataset(
     from tqdm import tqdm
 
     num_policies = len(zoo_policies(env_id))
-    num_random = int(round(random_fraction * episodes))
-    behaviour = [-1] * num_random + [i % num_policies for i in range(episodes - num_random)]
+    num_random, num_gait = (int(round(f * episodes)) for f in (random_fraction, gait_fraction))
+    if num_random + num_gait > episodes:
+        raise DatasetError(f"random ({random_fraction}) and gait ({gait_fraction}) fractions exceed 1")
+    num_zoo = episodes - num_random - num_gait
+    behaviour = [RANDOM] * num_random + [GAIT] * num_gait + [i % num_policies for i in range(num_zoo)]
     chunks = [list(range(s, min(s + ZOO_CHUNK, episodes))) for s in range(0, episodes, ZOO_CHUNK)]
     jobs = [(env_id, ids, [behaviour[e] for e in ids], seed, noise) for ids in chunks]
     workers = min(workers or os.cpu_count() or 1, len(chunks))
@@ -729,13 +752,15 @@ def load_zoo(
     noise: float = 0.2,
     random_fraction: float = 0.1,
     progress: bool = True,
+    gait_fraction: float = 0.0,
 ) -> Dataset:
     """The cached zoo dataset of a task, built on first use."""
-    dataset_id = zoo_dataset_id(env_id, episodes, seed, noise, random_fraction)
+    dataset_id = zoo_dataset_id(env_id, episodes, seed, noise, random_fraction, gait_fraction)
     path = os.path.join(cache_dir(), f"{dataset_id}.hdf5")
     if not os.path.exists(path):
         start = time.perf_counter()
-        ds = build_zoo_dataset(env_id, episodes, seed, noise, random_fraction, progress=progress)
+        recipe = dict(random_fraction=random_fraction, gait_fraction=gait_fraction, progress=progress)
+        ds = build_zoo_dataset(env_id, episodes, seed, noise, **recipe)
         save_hdf5(ds, path, source="zoo", dataset_id=dataset_id, build_seconds=time.perf_counter() - start)
     ds = load_hdf5(path)
     ds.source = f"zoo:{dataset_id}"
@@ -794,6 +819,7 @@ def main(argv=None) -> None:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--noise", type=float, default=0.2, help="stddev of the Gaussian action noise")
     build.add_argument("--random-fraction", type=float, default=0.1, help="share of uniform-random episodes")
+    build.add_argument("--gait-fraction", type=float, default=0.0, help="share of open-loop gait episodes")
     convert = sub.add_parser(
         "convert", help="convert RL Unplugged shards or a Minari directory to project HDF5"
     )
@@ -810,7 +836,8 @@ def main(argv=None) -> None:
             print_summary(load_dataset(args.dataset, args.env_id))
         elif args.command == "build":
             start = time.perf_counter()
-            ds = load_zoo(args.env_id, args.episodes, args.seed, args.noise, args.random_fraction)
+            recipe = dict(random_fraction=args.random_fraction, gait_fraction=args.gait_fraction)
+            ds = load_zoo(args.env_id, args.episodes, args.seed, args.noise, **recipe)
             print_summary(ds)
             print(
                 f"  cached at {os.path.join(cache_dir(), ds.source.split(':', 1)[1])}.hdf5 "

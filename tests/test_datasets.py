@@ -417,6 +417,30 @@ def test_zoo_dataset_replays_in_the_gymnasium_env(zoo_cartpole):
     assert returns[0] < returns[1:].max()  # random < a zoo policy
 
 
+def test_gait_episodes_play_their_open_loop_gait_and_leave_the_others_unchanged(zoo_cartpole):
+    """A gait episode's actions are amp·sin(2π·t/period + phase), drawn from default_rng([seed, e]) after
+    its reset seed; adding gait episodes changes neither the random episodes nor the default recipe's id."""
+    mixed = datasets.build_zoo_dataset(
+        "cartpole_swingup",
+        episodes=4,
+        seed=3,
+        random_fraction=0.25,
+        gait_fraction=0.25,
+        workers=1,
+        progress=False,
+    )
+    np.testing.assert_array_equal(mixed.actions[:1000], zoo_cartpole.actions[:1000])  # episode 0: random
+    rng = np.random.default_rng([3, 1])  # episode 1 is the gait (cartpole: one action dimension)
+    rng.integers(2**31)  # its reset seed
+    period, amplitude = rng.uniform(*datasets.GAIT_PERIOD), rng.uniform(0.3, 1.0, 1)
+    phase = rng.uniform(0, 2 * np.pi, 1)
+    expected = amplitude * np.sin(2 * np.pi * np.arange(1000)[:, None] / period + phase)
+    np.testing.assert_allclose(mixed.actions[1000:2000], expected.astype(np.float32), atol=1e-6)
+    default = datasets.zoo_dataset_id("cartpole_swingup", 300, 0, 0.2, 0.1)
+    assert datasets.zoo_dataset_id("cartpole_swingup", 300, 0, 0.2, 0.1, gait_fraction=0.0) == default
+    assert datasets.zoo_dataset_id("cartpole_swingup", 300, 0, 0.2, 0.0, gait_fraction=0.5) != default
+
+
 def test_zoo_dataset_is_deterministic_and_cached(tmp_path, monkeypatch, zoo_cartpole):
     again = datasets.build_zoo_dataset(
         "cartpole_swingup", episodes=4, seed=3, random_fraction=0.25, workers=2, progress=False
