@@ -703,7 +703,11 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 def restore(ckpt: dict, agent: Agent, optimizers: dict, gen) -> TrainState:
     """Load a checkpoint's networks, optimisers and RNG in place; returns its TrainState."""
-    agent.load_state_dict(ckpt["agent"])
+    try:
+        agent.load_state_dict(ckpt["agent"])
+    except RuntimeError as e:  # written by another version of this script: other parameters
+        missing = str(e).splitlines()[-1].strip()
+        fail(f"--resume: the checkpoint's parameters do not fit this script ({missing}); start a new run")
     for k, opt in optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
     gen.set_state(ckpt["rng"])

@@ -941,7 +941,11 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 def restore(ckpt: dict, learner: Learner) -> None:
     """Load a checkpoint's networks, optimisers, replay and RNG in place."""
-    learner.agent.load_state_dict(ckpt["agent"])
+    try:
+        learner.agent.load_state_dict(ckpt["agent"])
+    except RuntimeError as e:  # written by another version of this script: other parameters
+        missing = str(e).splitlines()[-1].strip()
+        fail(f"--resume: the checkpoint's parameters do not fit this script ({missing}); start a new run")
     for k, opt in learner.optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
     if learner.replay is not None:
