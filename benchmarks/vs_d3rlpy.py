@@ -29,7 +29,6 @@ policies: many different actions at the same states) or ENV:PATH (an HDF5 file).
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -332,9 +331,11 @@ def quality(opts) -> None:
         cells = []
         for tag in table:
             finals = table[tag][learner]
-            mean, half = mean_interval(finals) if finals else (math.nan, math.nan)
-            seeds = ", ".join(f"{v:.1f}" for v in finals)
-            cells.append(f"{mean:.1f} ± {half:.1f} ({seeds})" if finals else "–")
+            if not finals:  # --summary: no finished cell yet
+                cells.append("–")
+                continue
+            mean, half = mean_interval(finals)
+            cells.append(f"{mean:.1f} ± {half:.1f} ({', '.join(f'{v:.1f}' for v in finals)})")
         lines.append(f"| {learner} | {' | '.join(cells)} |")
     setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"
     text = f"Final return, mean ± 95 % interval (each seed's) ({setting}):\n\n" + "\n".join(lines) + "\n"
