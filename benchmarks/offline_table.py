@@ -1,6 +1,7 @@
 """The shape of the paper's Table 2 on local zoo datasets: BC, LS, DiME (BC), DiME (AWBC), best α, multi.
 
     python benchmarks/offline_table.py --tasks cartpole_swingup cheetah_run --seeds 1 2 --workers 2
+    python benchmarks/offline_table.py --grid benchmarks/grids/offline_table_cpu.yaml   # tabulate, run none
 
 Per task and seed it runs the unchanged scripts (one process per run, --workers at a time, one thread
 each): BC (`crr_ls.py --alpha 1`), LS, DiME (BC) and DiME (AWBC) over --alphas (plus the paper's fixed
@@ -8,6 +9,12 @@ choices 0.3, 0.45, 0.5), and `dime_multi.py` for both variants evaluated at the 
 runs are reused, so an interrupted benchmark continues where it stopped. It prints a markdown table (mean ±
 std over seeds of the final return), writes it with the commands and wall times to --table, the raw
 numbers to --json, and a plot of final return against α per task to --figure.
+
+--grid GRID reads the finished cells of a sweep grid (run by benchmarks/sweep.py) instead of running its
+own: entries of dime_bc at α = 1 are BC, other dime_bc entries DiME (BC), crr_ls LS, dime_awbc DiME (AWBC),
+dime_multi the conditioned runs of its --variant. Every cell is mean ± 95 % interval over seeds (Student t),
+and the paper's claims are checked on same-seed differences averaged over tasks (the claims need every
+task; a best α needs all of the grid's seeds at that α). Unfinished cells are left out and counted.
 """
 
 import argparse
@@ -20,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from aggregate import ci95  # the Student t every table here uses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
@@ -138,6 +146,142 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- --grid
+def grid_column(cell, result: dict) -> str:
+    """The table's method of a sweep cell: bc, ls, dime_bc, dime_awbc, multi_bc or multi_awbc."""
+    if cell.script == "dime_multi":  # its variant from the results' args
+        return f"multi_{result['args']['variant']}"
+    if cell.script == "dime_bc":
+        return "bc" if cell.alpha == 1.0 else "dime_bc"
+    return {"crr_ls": "ls", "dime_awbc": "dime_awbc"}[cell.script]
+
+
+def summarise_grid(grid_path: str) -> dict:
+    """Per task and method, the final return per α and seed of a grid's finished cells; then the table's
+    shape (task -> column -> one value per seed): the paper's fixed α and the best α per task, the α with
+    the best mean, once every α of the grid has all of the grid's seeds."""
+    import sweep
+
+    grid = sweep.read_grid(grid_path)
+    cells = sweep.expand(grid, os.path.join(ROOT, grid.get("out", "runs")))
+    by_seed, missing, commands, grid_alphas = {}, 0, [], {}
+    for cell in cells:
+        if cell.script != "dime_multi":  # a multi cell evaluates every α at once
+            grid_alphas.setdefault((cell.env_id, grid_column(cell, {})), set()).add(cell.alpha)
+        found = sweep.finished(cell)
+        if found is None:
+            missing += 1
+            continue
+        result = json.load(open(found))
+        commands.append(" ".join(["python", f"{cell.script}.py", *sweep.cell_command(cell)[2:]]))
+        finals = result["final"] if isinstance(result["final"], list) else [result["final"]]
+        for final in finals:
+            per_alpha = by_seed.setdefault(cell.env_id, {}).setdefault(grid_column(cell, result), {})
+            per_alpha.setdefault(final["alpha"], {})[cell.seed] = final["mean"]
+    seeds = sorted({cell.seed for cell in cells})
+    table, curves = {}, {}
+    for task, methods in by_seed.items():
+        row = table.setdefault(task, {})
+        for method, per_alpha in methods.items():
+            curves.setdefault(task, {})[method] = {a: [v[s] for s in sorted(v)] for a, v in per_alpha.items()}
+            fixed = 1.0 if method == "bc" else FIXED.get(method)
+            if fixed in per_alpha:
+                row[method] = [per_alpha[fixed].get(s) for s in seeds]
+            complete = [a for a, v in per_alpha.items() if len(v) == len(seeds)]
+            if method != "bc" and complete and grid_alphas.get((task, method), set()) <= set(complete):
+                best = max(complete, key=lambda a: np.mean(list(per_alpha[a].values())))
+                row[f"{method}_best"], row[f"{method}_best_alpha"] = [per_alpha[best][s] for s in seeds], best
+    return {"table": table, "curves": curves, "seeds": seeds, "missing_cells": missing, "commands": commands}
+
+
+def interval(values: list) -> tuple[float, float | None, int]:
+    """Mean, 95 % half-width over the finished seeds (None under two) and their number."""
+    done = [v for v in values if v is not None]
+    se = float(np.std(done, ddof=1) / np.sqrt(len(done))) if len(done) > 1 else None
+    return float(np.mean(done)), ci95(se, len(done)), len(done)
+
+
+CLAIMS = [  # (left, right, factor): "left < factor·right" is the claim ("≥" for the multi ones)
+    ("bc", "dime_bc", 1.0, "BC < DiME (BC) α=.45"),
+    ("bc", "ls", 1.0, "BC < LS α=.3"),
+    ("ls", "dime_bc", 1.0, "LS α=.3 < DiME (BC) α=.45"),
+    ("ls", "dime_awbc", 1.0, "LS α=.3 < DiME (AWBC) α=.5"),
+    ("ls_best", "dime_bc_best", 1.0, "best α: LS < DiME (BC)"),
+    ("ls_best", "dime_awbc_best", 1.0, "best α: LS < DiME (AWBC)"),
+    ("dime_bc_best", "multi_bc_best", 0.95, "DiME (BC) multi ≥ 95 % of its best single α"),
+    ("dime_awbc_best", "multi_awbc_best", 0.95, "DiME (AWBC) multi ≥ 95 % of its best single α"),
+]
+
+
+def check_claims(summary: dict) -> list[dict]:
+    """Each claim on the same-seed difference right - factor·left, averaged over tasks: mean and 95 % interval
+    over seeds; 'holds' when the mean is ≥ 0 (for the multi claims) or > 0, 'separated' when the interval
+    excludes 0. Needs both columns finished on every task for the seed, else 'not yet'."""
+    table, out = summary["table"], []
+    for left, right, factor, text in CLAIMS:
+        diffs = []
+        for i in range(len(summary["seeds"])):
+            pairs = [(row.get(left), row.get(right)) for row in table.values()]
+            if pairs and all(a and b and a[i] is not None and b[i] is not None for a, b in pairs):
+                diffs.append(float(np.mean([b[i] - factor * a[i] for a, b in pairs])))
+        claim = {"claim": text, "seeds": len(diffs), "tasks": sorted(table)}
+        if len(diffs) >= 2:
+            mean, half, _ = interval(diffs)
+            holds = mean >= 0 if factor != 1.0 else mean > 0
+            claim.update(difference=mean, interval=half, holds=holds, separated=abs(mean) > half)
+        out.append(claim)
+    return out
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    lines = ["| claim (mean over tasks, same-seed difference) | difference ± 95 % | seeds | verdict |"]
+    lines.append("|---|---|---|---|")
+    for c in claims:
+        if "holds" not in c:
+            lines.append(f"| {c['claim']} | – | {c['seeds']} | not yet (needs ≥ 2 seeds on every task) |")
+            continue
+        verdict = ("holds" if c["holds"] else "does not hold") + ("" if c["separated"] else " (within noise)")
+        lines.append(
+            f"| {c['claim']} | {c['difference']:+.1f} ± {c['interval']:.1f} | {c['seeds']} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def grid_markdown(summary: dict) -> str:
+    """The table with mean ± 95 % interval (n seeds where fewer than the grid's) and the over-task means."""
+    n_seeds = len(summary["seeds"])
+    lines = ["| task | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for task, row in summary["table"].items():
+        cells = []
+        for key, _ in COLUMNS:
+            if key not in row:
+                cells.append("–")
+                continue
+            mean, half, n = interval(row[key])
+            text = f"{mean:.0f}" + (f" ± {half:.0f}" if half is not None else "")
+            text += f" (α={row[key + '_alpha']})" if key + "_alpha" in row else ""
+            cells.append(text + (f" [{n} seed{'s' * (n > 1)}]" if n < n_seeds else ""))
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_grid_table(opts) -> None:
+    summary = summarise_grid(opts.grid)
+    if not summary["table"]:
+        sys.exit(f"error: no cell of {opts.grid} has finished; run it with benchmarks/sweep.py first")
+    summary["claims"] = check_claims(summary)
+    text = grid_markdown(summary) + "\n\n" + claims_markdown(summary["claims"])
+    text += f"\n\nCells not finished yet: {summary['missing_cells']}."
+    print(text)
+    with open(opts.table, "w") as f:
+        f.write(
+            f"{text}\n\nCommands of the finished cells:\n\n```\n" + "\n".join(summary["commands"]) + "\n```\n"
+        )
+    with open(opts.json, "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    plot(summary, opts.figure)
+
+
 def plot(summary: dict, path: str) -> None:
     import matplotlib
 
@@ -179,7 +323,12 @@ def main() -> None:
     parser.add_argument("--table", default=os.path.join(ROOT, "docs", "figures", "offline_table.md"))
     parser.add_argument("--json", default=os.path.join(ROOT, "docs", "figures", "offline_table.json"))
     parser.add_argument("--figure", default=os.path.join(ROOT, "docs", "figures", "offline_alpha.png"))
+    parser.add_argument(
+        "--grid", help="tabulate this sweep grid's finished cells (benchmarks/sweep.py); run none"
+    )
     opts = parser.parse_args()
+    if opts.grid:
+        return write_grid_table(opts)
     todo, start = jobs(opts), time.time()
     print(f"{len(todo)} runs, {opts.workers} at a time", flush=True)
     with ThreadPoolExecutor(opts.workers) as pool:

@@ -167,6 +167,44 @@ def test_offline_table_grid_matches_offline_table_py():
     assert len(cells) == 56 and new == old
 
 
+def test_offline_table_of_a_grid_tabulates_finished_cells_and_checks_claims(tmp_path):
+    """offline_table.py --grid: columns from the cells' scripts and α, mean ± 95 % interval over seeds, a best
+    α only once every α of the grid has all seeds, claims on same-seed differences averaged over tasks."""
+    import offline_table
+
+    grid = dict(out=str(tmp_path / "cells"), env_ids=["a_run", "b_run"], seeds=[1, 2, 3], runs=[])
+    grid["runs"] = [
+        dict(name="paper_defaults", script="dime_bc", alphas=[1.0, 0.45, 0.9]),
+        dict(name="ls", script="crr_ls", alphas=[0.3]),
+    ]
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid))
+    finals = {"bc": 100.0, "dime_bc": 150.0, "ls": 120.0}  # + 10·seed, + 40 on task b
+    for cell in sweep.expand(grid, grid["out"]):
+        method = "bc" if cell.alpha == 1.0 else "ls" if cell.script == "crr_ls" else "dime_bc"
+        if cell.alpha == 0.9 and (cell.env_id, cell.seed) == ("b_run", 3):
+            continue  # unfinished: no best α on task b
+        value = finals[method] + 10 * cell.seed + 40 * (cell.env_id == "b_run") + 30 * (cell.alpha == 0.9)
+        os.makedirs(os.path.join(cell.directory, "run"))
+        result = {"final": {"alpha": cell.alpha, "mean": value}, "args": {}}
+        with open(os.path.join(cell.directory, "run", "results.json"), "w") as f:
+            json.dump(result, f)
+    summary = offline_table.summarise_grid(str(path))
+    assert summary["missing_cells"] == 1 and summary["seeds"] == [1, 2, 3]
+    a, b = summary["table"]["a_run"], summary["table"]["b_run"]
+    assert a["bc"] == [110.0, 120.0, 130.0] and b["ls"] == [170.0, 180.0, 190.0]
+    assert a["dime_bc_best_alpha"] == 0.9 and a["dime_bc_best"] == [190.0, 200.0, 210.0]
+    assert "dime_bc_best" not in b and "ls_best" in b  # LS has one α, finished on every seed
+    mean, half, n = offline_table.interval(a["bc"])
+    assert (mean, n) == (120.0, 3) and half == pytest.approx(10.0 / math.sqrt(3) * 4.303)
+    claims = {c["claim"]: c for c in offline_table.check_claims(summary)}
+    bc_ls = claims["BC < LS α=.3"]
+    assert bc_ls["difference"] == pytest.approx(20.0) and bc_ls["interval"] == pytest.approx(0.0)
+    assert bc_ls["holds"] and bc_ls["separated"] and bc_ls["seeds"] == 3
+    assert "holds" not in claims["best α: LS < DiME (BC)"]  # task b has no best α yet
+    assert "| BC < LS α=.3 | +20.0 ± 0.0 | 3 | holds |" in offline_table.claims_markdown(list(claims.values()))
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
