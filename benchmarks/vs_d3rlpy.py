@@ -205,6 +205,15 @@ QUALITY_LEARNERS |= {f"dime_bc_a{a}": ("dime_bc", f"--alpha {a}") for a in (0.1,
 QUALITY_LEARNERS |= {f"dime_awbc_a{a}": ("dime_awbc", f"--alpha {a}") for a in (0.1, 0.9)}
 
 
+def dataset_tag(spec: str) -> str:
+    """The results folder of a --datasets entry: ENV, ENV_randomF, ENV_gaitsF or ENV_<file name>."""
+    env_id, _, rest = spec.partition(":")
+    kind, _, value = rest.partition("=")
+    if rest and kind not in ("random", "gaits"):
+        return f"{env_id}_{os.path.splitext(os.path.basename(rest))[0]}"
+    return env_id if not rest else f"{env_id}_{kind}{float(value):g}"
+
+
 def resolve_dataset(spec: str) -> tuple[str, str, str]:
     """ENV | ENV:random=F | ENV:gaits=F | ENV:PATH -> (tag, env id, HDF5 path); zoo datasets are built on
     first use (random=F: a share F of uniform-random episodes; gaits=F: a share F of open-loop gaits)."""
@@ -214,15 +223,14 @@ def resolve_dataset(spec: str) -> tuple[str, str, str]:
     env_id, _, rest = spec.partition(":")
     kind, _, value = rest.partition("=")
     if rest and kind not in ("random", "gaits"):
-        return f"{env_id}_{os.path.splitext(os.path.basename(rest))[0]}", env_id, rest
+        return dataset_tag(spec), env_id, rest
     recipe = {"random_fraction": 0.1}  # the zoo default
     if kind == "random":
         recipe = {"random_fraction": float(value)}
     if kind == "gaits":
         recipe = {"random_fraction": 0.0, "gait_fraction": float(value)}
     ds = load_zoo(env_id, **recipe)
-    tag = env_id if not rest else f"{env_id}_{kind}{float(value):g}"
-    return tag, env_id, os.path.join(cache_dir(), ds.source.split(":", 1)[1] + ".hdf5")
+    return dataset_tag(spec), env_id, os.path.join(cache_dir(), ds.source.split(":", 1)[1] + ".hdf5")
 
 
 def evaluate_exported(path: str, env_id: str, seed: int, step: int, episodes: int) -> list[float]:
@@ -318,13 +326,18 @@ def quality(opts) -> None:
     learners = ["d3rlpy_crr", *opts.learners]
     table = {}
     for spec in opts.datasets:
-        tag, env_id, path = resolve_dataset(spec)
-        for learner in learners:
-            if opts.summary:
-                runs = [finished_cell(opts, tag, learner, s) for s in opts.seeds]
-            else:
-                runs = [quality_cell(opts, tag, env_id, path, learner, s) for s in opts.seeds]
-            table.setdefault(tag, {})[learner] = [r["final"]["mean"] for r in runs if r]
+        if opts.summary:  # the finished cells only: no dataset is built
+            tag = dataset_tag(spec)
+            runs = {
+                learner: [finished_cell(opts, tag, learner, s) for s in opts.seeds] for learner in learners
+            }
+        else:
+            tag, env_id, path = resolve_dataset(spec)
+            runs = {x: [quality_cell(opts, tag, env_id, path, x, s) for s in opts.seeds] for x in learners}
+        table[tag] = {learner: [r["final"]["mean"] for r in done if r] for learner, done in runs.items()}
+    best_alpha = add_best_alpha(table, len(opts.seeds))
+    learners += [f"{family} best α" for family in BEST_ALPHA_FAMILIES]
+    learners = [x for x in learners if any(rows.get(x) for rows in table.values())]  # rows with a value
     header = f"| learner | {' | '.join(table)} |"
     lines = [header, "|---" * (len(table) + 1) + "|"]
     for learner in learners:
@@ -335,7 +348,8 @@ def quality(opts) -> None:
                 cells.append("–")
                 continue
             mean, half = mean_interval(finals)
-            cells.append(f"{mean:.1f} ± {half:.1f} ({', '.join(f'{v:.1f}' for v in finals)})")
+            alpha = f", α = {best_alpha[tag, learner]}" if (tag, learner) in best_alpha else ""
+            cells.append(f"{mean:.1f} ± {half:.1f} ({', '.join(f'{v:.1f}' for v in finals)}{alpha})")
         lines.append(f"| {learner} | {' | '.join(cells)} |")
     setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"
     text = f"Final return, mean ± 95 % interval (each seed's) ({setting}):\n\n" + "\n".join(lines) + "\n"
@@ -344,6 +358,26 @@ def quality(opts) -> None:
         f.write(text)
     with open(os.path.join(opts.out, "table.json"), "w") as f:
         json.dump({"setting": setting, "final_returns": table}, f, indent=1)
+
+
+BEST_ALPHA_FAMILIES = {"dime_bc": 0.45, "dime_awbc": 0.5}  # learner -> its paper α; dime_bc_a0.9 etc.: others
+
+
+def add_best_alpha(table: dict, seeds: int) -> dict:
+    """Add a "<family> best α" row per dataset: the family's α with the best mean among those finished on
+    every seed, once every α of QUALITY_LEARNERS has been (else the row stays empty). Returns the α chosen."""
+    chosen = {}
+    for tag, rows in table.items():
+        for family, paper_alpha in BEST_ALPHA_FAMILIES.items():
+            names = [n for n in QUALITY_LEARNERS if n == family or n.startswith(f"{family}_a")]
+            rows[f"{family} best α"] = []
+            if all(len(rows.get(n, [])) == seeds for n in names):
+                best = max(names, key=lambda n: sum(rows[n]) / seeds)
+                rows[f"{family} best α"] = rows[best]
+                chosen[tag, f"{family} best α"] = (
+                    float(best[len(family) + 2 :]) if best != family else paper_alpha
+                )
+    return chosen
 
 
 def finished_cell(opts, tag: str, learner: str, seed: int) -> dict | None:
@@ -373,8 +407,12 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="compare final returns instead of speed")
     parser.add_argument("--summary", action="store_true", help="quality: tabulate finished cells, train none")
     parser.add_argument("--train-steps", type=int, default=20_000, help="quality: learner steps per run")
-    parser.add_argument("--datasets", nargs="+", default=["cheetah_run", "cheetah_run:random=0.5"])
-    parser.add_argument("--learners", nargs="+", default=DEFAULT_LEARNERS, choices=list(QUALITY_LEARNERS))
+    parser.add_argument(
+        "--datasets", nargs="+", help="quality: default cheetah_run cheetah_run:random=0.5; --summary: all"
+    )
+    parser.add_argument(
+        "--learners", nargs="+", choices=list(QUALITY_LEARNERS), help="default: the paper's α; --summary: all"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument(
         "--eval-every", type=int, default=5000, help="quality: learner steps between evaluations"
@@ -402,6 +440,14 @@ def main() -> None:
         sys.exit(f"error: no d3rlpy interpreter at {opts.d3rlpy_python}; make one (benchmarks/README.md)")
     if opts.quality:
         opts.out = opts.out or os.path.join(ROOT, "benchmarks", "results", "vs_d3rlpy_quality")
+        if opts.summary and not os.path.isdir(opts.out):
+            sys.exit(f"error: --out {opts.out} holds no quality cells; run --quality without --summary first")
+        if opts.summary:  # every dataset folder and learner found
+            found = sorted(d for d in os.listdir(opts.out) if os.path.isdir(os.path.join(opts.out, d)))
+            opts.datasets = opts.datasets or found
+            opts.learners = opts.learners or list(QUALITY_LEARNERS)
+        opts.datasets = opts.datasets or ["cheetah_run", "cheetah_run:random=0.5"]
+        opts.learners = opts.learners or DEFAULT_LEARNERS
         return quality(opts)
     opts.dataset = opts.dataset or default_dataset()
     configs = [("d3rlpy", (opts.d3rlpy_python, ["d3rlpy"]))]
