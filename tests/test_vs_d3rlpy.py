@@ -36,7 +36,8 @@ def test_summary_tabulates_every_dataset_and_picks_the_best_alpha_once_all_are_f
 
 
 def test_summary_of_a_missing_folder_is_one_line_and_exit_1(tmp_path):
-    command = [sys.executable, "benchmarks/vs_d3rlpy.py", "--quality", "--summary", "--out", str(tmp_path / "x")]
+    command = [sys.executable, "benchmarks/vs_d3rlpy.py", "--quality", "--summary", "--out", str(tmp_path)]
+    command[-1] += "/none"
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
     assert "holds no quality cells" in done.stderr
