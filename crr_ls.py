@@ -387,13 +387,18 @@ def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
     cross_entropy = compute_cross_entropy_loss(actions, weights[None], mean, stddev, mean_i, stddev_i)
     kl_mean = gaussian_kl(mean_i, stddev_i, mean, stddev_i)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
     kl_stddev = gaussian_kl(mean_i, stddev_i, mean_i, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    trust_region = compute_kl_penalty_and_dual_loss
-    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
-    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
-    loss_policy = cross_entropy + pen_mean + pen_std  # trains π_θ
-    loss_dual = dual_mean + dual_std  # trains α_μ, α_σ
-    stats.update({"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std})
-    stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals())
+    loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
+        kl_mean, agent.log_alpha_mean, args.epsilon_mean
+    )
+    loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
+        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
+    )
+    loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
+    loss_dual = loss_alpha_mean + loss_alpha_stddev  # trains α_μ, α_σ
+    stats.update({"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean_avg})
+    stats["losses/kl_stddev"] = kl_stddev_avg
+    stats["losses/alpha_mean"] = dual(agent.log_alpha_mean).mean()
+    stats["losses/alpha_stddev"] = dual(agent.log_alpha_stddev).mean()
     return loss_policy + loss_dual, stats
 
 

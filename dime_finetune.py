@@ -35,7 +35,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -413,22 +413,39 @@ def e_step(agent: Agent, q_task, log_ratio, alpha, args: Args):
     return mixture, temperature_loss, compute_nonparametric_kl(weights)  # KL(q_k ‖ π_i), absolute
 
 
-def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_task, log_ratio, args: Args):
+class PolicyBatch(NamedTuple):
+    """What the policy objective sees at the bootstrap states s_{t+n} of a minibatch (from learner_step)."""
+
+    states: torch.Tensor  # [B, S]
+    target_mean: torch.Tensor  # [B, D]: π_i = N(target_mean, target_stddev)
+    target_stddev: torch.Tensor  # [B, D]
+    sampled: torch.Tensor  # [N, B, D]: actions drawn from π_i
+    q_task: torch.Tensor  # [N, B]: target-critic Q of the sampled actions
+    log_ratio: torch.Tensor  # [N, B]: log π_b(a|s) - log π_i(a|s), the teacher objective's "Q" (eq. 6-8)
+
+
+def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
     """MPO policy improvement on `states` [B, S]: π_i = N(target_mean, target_stddev) [B, D] proposed the
     `actions` [N, B, D]; the E-step weights them per objective, the M-step fits the mixture. Returns
     (loss incl. duals and the learned trade-off's loss, stats)."""
+    states, target_mean, target_stddev, actions, q_task, log_ratio = batch
     alpha = tradeoff(agent, args)
     weights, temperature_loss, kl_q = e_step(agent, q_task, log_ratio, alpha, args)
     mean, stddev = agent.policy(states)
     cross_entropy = compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev)
     kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
     kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    trust_region = compute_kl_penalty_and_dual_loss
-    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
-    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
-    loss = cross_entropy + pen_mean + pen_std
-    stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
-    stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
+    loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
+        kl_mean, agent.log_alpha_mean, args.epsilon_mean
+    )
+    loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
+        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
+    )
+    loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
+    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean_avg}
+    stats["losses/kl_stddev"] = kl_stddev_avg
+    stats["losses/alpha_mean"] = dual(agent.log_alpha_mean).mean()
+    stats["losses/alpha_stddev"] = dual(agent.log_alpha_stddev).mean()
     stats["charts/tradeoff"], stats["losses/log_ratio_mean"] = alpha.detach(), log_ratio.mean()
     stats["losses/q_min"], stats["losses/q_max"] = q_task.min(), q_task.max()  # Acme's diagnostics
     stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
@@ -438,7 +455,8 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_tas
             stats["losses/temperature_1"], stats["losses/kl_q_1"] = eta.new_tensor(1.0), kl
         else:
             stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl / bound
-    loss = loss + temperature_loss + dual_mean + dual_std
+    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
+    loss = loss_policy + loss_dual
     if args.learn_alpha:
         stats["losses/q_minus_threshold"] = q_task.mean() - args.return_threshold
         loss = loss + alpha * stats["losses/q_minus_threshold"].detach()  # J(α) = α·(E[Q] - c) (Sec. 6.3)
@@ -508,7 +526,8 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms,
             log_ratio = gaussian_log_prob(sampled, teacher_mean, teacher_stddev) - gaussian_log_prob(
                 sampled, target_mean, target_stddev
             )  # log π_b(a|s) - log π_i(a|s): the teacher objective's "Q" (eq. 6-8)
-        loss, stats = policy_loss(agent, states, target_mean, target_stddev, sampled, q_task, log_ratio, args)
+        batch = PolicyBatch(states, target_mean, target_stddev, sampled, q_task, log_ratio)
+        loss, stats = policy_loss(agent, batch, args)
         stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
     loss = loss + stats["losses/critic_loss"]
     stats["losses/q_mean"], stats["loss"] = q_task.mean(), loss.detach()

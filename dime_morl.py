@@ -36,7 +36,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -462,9 +462,21 @@ def combine_objectives(q_values: torch.Tensor, tradeoff: torch.Tensor, method: s
     return q_values, q_values.new_full((q_values.shape[-1],), epsilon), tradeoff
 
 
-def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_values, tradeoff, args: Args):
+class PolicyBatch(NamedTuple):
+    """What the policy objective sees at the bootstrap states s_{t+n} of a minibatch (from learner_step)."""
+
+    states: torch.Tensor  # [B, S] (with the trade-off vector appended under --multi)
+    target_mean: torch.Tensor  # [B, D]: π_i = N(target_mean, target_stddev)
+    target_stddev: torch.Tensor  # [B, D]
+    sampled: torch.Tensor  # [N, B, D]: actions drawn from π_i
+    q_values: torch.Tensor  # [N, B, K]: their Q per objective (target critic, or a bandit's exact rewards)
+    tradeoff: torch.Tensor  # [B, K]: the objective weights of each sample's trade-off
+
+
+def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
     """MPO policy improvement on `states` [B, S]: π_i = N(target_mean, target_stddev) [B, D] proposed the
     `actions` [N, B, D], whose Q [N, B, K] are combined per --method. Returns (loss, stats)."""
+    states, target_mean, target_stddev, actions, q_values, tradeoff = batch
     q, epsilons, mix = combine_objectives(q_values, tradeoff, args.method, args.epsilon)
     if args.action_penalization:  # one more objective: pull actions back into [-1, 1]
         penalty = -torch.linalg.vector_norm(actions - actions.clamp(-1.0, 1.0), dim=-1)
@@ -473,23 +485,27 @@ def policy_loss(agent: Agent, states, target_mean, target_stddev, actions, q_val
     temperature = dual(agent.log_temperature)
     weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilons, temperature)
     mean, stddev = agent.policy(states)
-    m_step_weights = (weights * mix).sum(-1)  # [N, B]: eq. 51's convex combination of the E-step weights
-    target = target_mean, target_stddev
-    cross_entropy = compute_cross_entropy_loss(actions, m_step_weights, mean, stddev, *target)
+    mixture = (weights * mix).sum(-1)  # [N, B]: eq. 51's convex combination of the E-step weights
+    cross_entropy = compute_cross_entropy_loss(actions, mixture, mean, stddev, target_mean, target_stddev)
     kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
     kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    trust_region = compute_kl_penalty_and_dual_loss
-    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
-    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
-    loss = cross_entropy + pen_mean + pen_std
-    alpha_mean, alpha_stddev = dual(agent.log_alpha_mean).mean(), dual(agent.log_alpha_stddev).mean()
-    stats = {"losses/policy_loss": loss, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
-    stats.update({"losses/alpha_mean": alpha_mean, "losses/alpha_stddev": alpha_stddev})
+    loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
+        kl_mean, agent.log_alpha_mean, args.epsilon_mean
+    )
+    loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
+        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
+    )
+    loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
+    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
+    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean_avg}
+    stats["losses/kl_stddev"] = kl_stddev_avg
+    stats["losses/alpha_mean"] = dual(agent.log_alpha_mean).mean()
+    stats["losses/alpha_stddev"] = dual(agent.log_alpha_stddev).mean()
     for k, (eta, kl_q) in enumerate(zip(temperature, compute_nonparametric_kl(weights) / epsilons)):
         stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
     stats["losses/q_min"], stats["losses/q_max"] = q_values[..., 0].min(), q_values[..., 0].max()  # task Q
     stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
-    return loss + temperature_loss + dual_mean + dual_std, stats
+    return loss_policy + loss_dual, stats
 
 
 # ==== 7a. Replay on the device: 1-step transitions per actor, n-step returns built when sampled ===========
@@ -571,9 +587,8 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
                 next_pmfs = agent.target_critic(states, sampled).softmax(-1)  # [N, B, K, I]
                 q_values = (next_pmfs * atoms).sum(-1)  # [N, B, K]
                 target_pmfs = c51_target(next_pmfs, returns, discounts, atoms)
-        loss, stats = policy_loss(
-            agent, states, target_mean, target_stddev, sampled, q_values, tradeoff, args
-        )
+        batch = PolicyBatch(states, target_mean, target_stddev, sampled, q_values, tradeoff)
+        loss, stats = policy_loss(agent, batch, args)
         if not bandit:
             obs = torch.cat([obs, tradeoff], -1) if args.multi else obs
             stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)

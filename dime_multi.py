@@ -406,17 +406,21 @@ def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
     bc_weights = bc_objective_weights(q_values, args)[None]
     mixture = torch.cat([(1.0 - alpha) * weights, alpha * bc_weights]) * valid  # [N + 1, B]
     mean, stddev = agent.policy(states)
-    target = target_mean, target_stddev
-    cross_entropy = compute_cross_entropy_loss(actions, mixture, mean, stddev, *target)
+    cross_entropy = compute_cross_entropy_loss(actions, mixture, mean, stddev, target_mean, target_stddev)
     kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
     kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    trust_region = compute_kl_penalty_and_dual_loss
-    pen_mean, dual_mean, kl_mean = trust_region(kl_mean, agent.log_alpha_mean, args.epsilon_mean)
-    pen_std, dual_std, kl_std = trust_region(kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev)
-    loss_policy = cross_entropy + pen_mean + pen_std  # trains π_θ
-    loss_dual = temperature_loss + dual_mean + dual_std  # trains η, α_μ, α_σ
-    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean, "losses/kl_stddev": kl_std}
-    stats["losses/alpha_mean"], stats["losses/alpha_stddev"] = (dual(p).mean() for p in agent.duals()[1:])
+    loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
+        kl_mean, agent.log_alpha_mean, args.epsilon_mean
+    )
+    loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
+        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
+    )
+    loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
+    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
+    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean_avg}
+    stats["losses/kl_stddev"] = kl_stddev_avg
+    stats["losses/alpha_mean"] = dual(agent.log_alpha_mean).mean()
+    stats["losses/alpha_stddev"] = dual(agent.log_alpha_stddev).mean()
     stats["losses/temperature"] = temperature
     stats["losses/kl_q_rel"] = compute_nonparametric_kl(weights) / args.epsilon
     stats.update(offline_diagnostics(q_values, bc_weights[0], stddev, valid))

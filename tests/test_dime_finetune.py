@@ -78,7 +78,7 @@ def test_learned_alpha_rises_below_the_threshold_and_falls_above(q_mean, directi
     states, mean, stddev = torch.randn(4, 3), torch.zeros(4, 1), torch.ones(4, 1)
     actions, q_task, log_ratio = torch.randn(5, 4, 1), torch.full((5, 4), q_mean), torch.zeros(5, 4)
     before = ft.tradeoff(agent, args).item()
-    loss, _ = ft.policy_loss(agent, states, mean, stddev, actions, q_task, log_ratio, args)
+    loss, _ = ft.policy_loss(agent, ft.PolicyBatch(states, mean, stddev, actions, q_task, log_ratio), args)
     loss.backward()
     optimizer.step()
     assert (ft.tradeoff(agent, args).item() - before) * direction > 0
