@@ -1,11 +1,19 @@
 """Finetuning curves (paper Fig. 3/10): α ∈ {0, 0.25, 0.5, 1, learned} from a zoo teacher, per task.
 
     python benchmarks/finetune_curves.py --tasks cartpole_swingup cheetah_run --env-steps 200000 --workers 2
+    python benchmarks/finetune_curves.py --grid benchmarks/grids/finetune_curves.yaml   # tabulate, run none
 
 Runs the unchanged `dime_finetune.py` once per task, trade-off and seed (one process per run, --workers at a
 time, one thread each; finished runs are reused), then plots evaluation return against env steps with the
 teacher's return as a dashed line, and the learned α over time, to --figure; the final returns and
 commands go to --json. The claim to check: the learned α ends above the teacher and learns faster than α = 0.
+
+--grid GRID reads the finished cells of a sweep grid of dime_finetune.py runs (benchmarks/sweep.py) instead:
+one row of panels per --method, curves as mean ± 95 % interval over seeds (on the evaluations all seeds
+share), final_returns in --json as "<task> <method> <α>" -> one value per seed, and the paper's claims per
+task and method: the learned α ends at or above the teacher and α = 1, and reaches the teacher's return in
+at least 3× fewer env steps than α = 0 (first evaluation where the seed-mean curve is at or above the
+teacher's return; "never" within the budget counts as more than the budget).
 """
 
 import argparse
@@ -17,6 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from aggregate import ci95
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "--hidden-sizes 256 256 256 --batch-size 256"
@@ -98,6 +107,141 @@ def plot(opts, todo: list[dict]) -> dict:
     return finals
 
 
+# ---------------------------------------------------------------------------------------------- --grid
+def grid_runs(grid_path: str) -> dict:
+    """(task, method, α label) -> {seed: results} of a grid's finished dime_finetune cells."""
+    import sweep
+
+    grid = sweep.read_grid(grid_path)
+    runs = {}
+    for cell in sweep.expand(grid, os.path.join(ROOT, grid.get("out", "runs"))):
+        found = sweep.finished(cell)
+        if found is None:
+            continue
+        result = json.load(open(found))
+        label = "learned" if "--learn-alpha" in cell.flags else f"{cell.alpha:g}"
+        runs.setdefault((cell.env_id, result["args"]["method"], label), {})[cell.seed] = result
+    return runs
+
+
+def curve(by_seed: dict) -> dict:
+    """Env steps shared by all seeds, and per-seed returns and α at those evaluations."""
+    steps = sorted(set.intersection(*({e["env_steps"] for e in r["evaluations"]} for r in by_seed.values())))
+    pick = lambda r, key: [next(e[key] for e in r["evaluations"] if e["env_steps"] == s) for s in steps]
+    returns = [pick(r, "mean") for r in by_seed.values()]
+    return {"env_steps": steps, "returns": returns, "alpha": [pick(r, "alpha") for r in by_seed.values()]}
+
+
+def mean_band(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds (rows) and the half-width of its 95 % t-interval (0 for one seed)."""
+    x = np.array(values, float)
+    if len(x) < 2:
+        return x.mean(0), np.zeros(x.shape[1])
+    return x.mean(0), ci95(x.std(0, ddof=1) / np.sqrt(len(x)), len(x))
+
+
+def steps_to_reach(c: dict, level: float) -> float:
+    """First env step at which the seed-mean return is at or above `level` (inf if never)."""
+    mean = np.mean(c["returns"], 0)
+    return next((s for s, m in zip(c["env_steps"], mean) if s > 0 and m >= level), float("inf"))
+
+
+def grid_claims(runs: dict) -> list[dict]:
+    """Per task and method: the learned α's final return against the teacher's and α = 1's, and its env steps
+    to the teacher's return against α = 0's."""
+    out = []
+    for task, method in sorted({(t, m) for t, m, _ in runs}):
+        learned, zero, one = (runs.get((task, method, a)) for a in ("learned", "0", "1"))
+        if not learned:
+            continue
+        teacher = float(np.mean([r["teacher"]["mean"] for r in learned.values()]))
+        final, half = mean_band([[r["final"]["mean"]] for r in learned.values()])
+        claim = {"task": task, "method": method, "teacher": teacher, "seeds": len(learned)}
+        claim.update(learned_final=float(final[0]), learned_interval=float(half[0]))
+        claim["ends_above_teacher"] = claim["learned_final"] >= teacher
+        if one:
+            claim["alpha_1_final"] = float(np.mean([r["final"]["mean"] for r in one.values()]))
+            claim["ends_above_alpha_1"] = claim["learned_final"] >= claim["alpha_1_final"]
+        if zero:
+            fast, slow = steps_to_reach(curve(learned), teacher), steps_to_reach(curve(zero), teacher)
+            budget = max(e["env_steps"] for r in zero.values() for e in r["evaluations"])
+            claim.update(steps_learned=fast, steps_alpha_0=slow, budget=budget)
+            claim["three_times_faster"] = fast < float("inf") and min(slow, budget) >= 3 * fast
+        out.append(claim)
+    return out
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    steps = lambda v: "never" if v == float("inf") else f"{v / 1000:.1f}k"
+    verdict = lambda c, k: "–" if k not in c else ("holds" if c[k] else "does not hold")
+    head = "| task | method | seeds | teacher | learned α final | α = 1 final | env steps to the teacher: "
+    head += "learned / α = 0 | ends ≥ teacher | ends ≥ α = 1 | ≥ 3× faster than α = 0 |"
+    lines = [head, "|---" * 10 + "|"]
+    for c in claims:
+        cells = [c["task"], c["method"], str(c["seeds"]), f"{c['teacher']:.1f}"]
+        cells.append(f"{c['learned_final']:.1f} ± {c['learned_interval']:.1f}")
+        cells.append(f"{c['alpha_1_final']:.1f}" if "alpha_1_final" in c else "–")
+        reach = (
+            "–" if "steps_learned" not in c else f"{steps(c['steps_learned'])} / {steps(c['steps_alpha_0'])}"
+        )
+        cells.append(reach)
+        cells += [verdict(c, k) for k in ("ends_above_teacher", "ends_above_alpha_1", "three_times_faster")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_grid(runs: dict, path: str) -> dict:
+    """One row of return panels per method (task columns), α of the learned runs below; final returns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, methods = sorted({k[0] for k in runs}), sorted({k[1] for k in runs})
+    rows = len(methods) + 1
+    fig, axes = plt.subplots(
+        rows, len(tasks), figsize=(5 * len(tasks), 3 * rows), squeeze=False, sharex="col"
+    )
+    finals = {}
+    for col, task in enumerate(tasks):
+        for row, method in enumerate(methods):
+            ax = axes[row][col]
+            for label in ["0", "0.25", "0.5", "1", "learned"]:
+                by_seed = runs.get((task, method, label))
+                if not by_seed:
+                    continue
+                c = curve(by_seed)
+                mean, half = mean_band(c["returns"])
+                name = "learned α" if label == "learned" else f"α = {label}"
+                line = ax.plot(c["env_steps"], mean, lw=2 if label == "learned" else 1, label=name)[0]
+                ax.fill_between(c["env_steps"], mean - half, mean + half, color=line.get_color(), alpha=0.15)
+                finals[f"{task} {method} {label}"] = [r["final"]["mean"] for r in by_seed.values()]
+                if label == "learned":
+                    alpha = np.mean(c["alpha"], 0)
+                    axes[-1][col].plot(c["env_steps"], alpha, color=line.get_color(), label=method)
+                teacher = np.mean([r["teacher"]["mean"] for r in by_seed.values()])
+            ax.axhline(teacher, color="k", ls="--", label="teacher")
+            ax.set(title=f"{task}, {method} (mean ± 95 % CI over seeds)", ylabel="episode return")
+            ax.legend(fontsize=7)
+        axes[-1][col].set(xlabel="env steps", ylabel="learned α", ylim=(0, 1))
+        axes[-1][col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return finals
+
+
+def write_grid(opts) -> None:
+    runs = grid_runs(opts.grid)
+    if not runs:
+        sys.exit(f"error: no cell of {opts.grid} has finished; run it with benchmarks/sweep.py first")
+    finals, claims = plot_grid(runs, opts.figure), grid_claims(runs)
+    text = claims_markdown(claims)
+    print(text)
+    with open(opts.json, "w") as f:
+        json.dump({"final_returns": finals, "claims": claims, "grid": opts.grid}, f, indent=1, default=str)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,7 +258,10 @@ def main() -> None:
     parser.add_argument("--figure", default=os.path.join(ROOT, "docs", "figures", "finetune_curves.png"))
     parser.add_argument("--json", default=os.path.join(ROOT, "docs", "figures", "finetune_curves.json"))
     parser.add_argument("--plot-only", action="store_true", help="plot the finished runs, start none")
+    parser.add_argument("--grid", help="plot and check a sweep grid's finished cells (benchmarks/sweep.py)")
     opts = parser.parse_args()
+    if opts.grid:
+        return write_grid(opts)
     todo = jobs(opts)
     if not opts.plot_only:
         print(f"{len(todo)} runs, {opts.workers} at a time", flush=True)

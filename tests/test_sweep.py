@@ -206,6 +206,42 @@ def test_offline_table_of_a_grid_tabulates_finished_cells_and_checks_claims(tmp_
     assert "| BC < LS α=.3 | +20.0 ± 0.0 | 3 | holds |" in text
 
 
+def test_finetune_curves_of_a_grid_checks_the_learned_alpha_claims(tmp_path):
+    """finetune_curves.py --grid: the learned α's final return against the teacher and α = 1, and its env
+    steps to the teacher's return against α = 0's (3× fewer needed), from the cells' results.json."""
+    import finetune_curves
+
+    grid = dict(out=str(tmp_path / "cells"), env_ids=["a_run"], seeds=[1, 2], runs=[])
+    grid["runs"] = [
+        dict(name="dime_learned", script="dime_finetune", alphas=[0.5], flags="--method dime --learn-alpha"),
+        dict(name="dime", script="dime_finetune", alphas=[0.0, 1.0], flags="--method dime"),
+    ]
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid))
+    curves = {  # returns at env steps 0, 10k, 20k, 30k, 40k; the teacher returns 100
+        "learned": [0, 60, 110, 120, 130],
+        "0.0": [0, 10, 40, 80, 105],  # reaches the teacher at 40k env steps: twice the learned α's 20k
+        "1.0": [0, 90, 95, 95, 95],
+    }
+    for cell in sweep.expand(grid, grid["out"]):
+        label = "learned" if "--learn-alpha" in cell.flags else repr(cell.alpha)
+        values = enumerate(curves[label])
+        evaluations = [{"env_steps": 10_000 * i, "mean": v + cell.seed, "alpha": 0.5} for i, v in values]
+        result = {"evaluations": evaluations, "final": evaluations[-1], "teacher": {"mean": 100.0}}
+        result["args"] = {"method": "dime"}
+        os.makedirs(os.path.join(cell.directory, "run"))
+        with open(os.path.join(cell.directory, "run", "results.json"), "w") as f:
+            json.dump(result, f)
+    runs = finetune_curves.grid_runs(str(path))
+    assert set(runs) == {("a_run", "dime", "learned"), ("a_run", "dime", "0"), ("a_run", "dime", "1")}
+    (claim,) = finetune_curves.grid_claims(runs)
+    assert claim["learned_final"] == 131.5 and claim["ends_above_teacher"] and claim["ends_above_alpha_1"]
+    assert claim["steps_learned"] == 20_000 and claim["steps_alpha_0"] == 40_000
+    assert not claim["three_times_faster"]  # 2× only
+    row = "| a_run | dime | 2 | 100.0 | 131.5 ± 6.4 | 96.5 | 20.0k / 40.0k | holds | holds | does not hold |"
+    assert row in finetune_curves.claims_markdown([claim])
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
