@@ -203,6 +203,11 @@ DEFAULT_LEARNERS = list(QUALITY_LEARNERS)  # the paper's trade-offs
 # the offline table's other trade-offs, for each DiME's best α on a dataset (asked for by name: dime_bc_a0.9)
 QUALITY_LEARNERS |= {f"dime_bc_a{a}": ("dime_bc", f"--alpha {a}") for a in (0.1, 0.5, 0.9)}
 QUALITY_LEARNERS |= {f"dime_awbc_a{a}": ("dime_awbc", f"--alpha {a}") for a in (0.1, 0.9)}
+# diagnostics: the maximum-likelihood learners at d3rlpy's learning rate (3e-4; ours: 1e-4, Table 3)
+ML_LEARNERS = {name: learner for name, learner in QUALITY_LEARNERS.items() if name.endswith("_ml")}
+QUALITY_LEARNERS |= {
+    f"{name}_lr3e-4": (script, f"{flags} --lr 3e-4") for name, (script, flags) in ML_LEARNERS.items()
+}
 
 
 def dataset_tag(spec: str) -> str:
