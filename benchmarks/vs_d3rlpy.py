@@ -354,7 +354,8 @@ def quality(opts) -> None:
                 continue
             mean, half = mean_interval(finals)
             alpha = f", α = {best_alpha[tag, learner]}" if (tag, learner) in best_alpha else ""
-            cells.append(f"{mean:.1f} ± {half:.1f} ({', '.join(f'{v:.1f}' for v in finals)}{alpha})")
+            interval = f" ± {half:.1f}" if len(finals) > 1 else ""  # one seed: no interval
+            cells.append(f"{mean:.1f}{interval} ({', '.join(f'{v:.1f}' for v in finals)}{alpha})")
         lines.append(f"| {learner} | {' | '.join(cells)} |")
     setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"
     text = f"Final return, mean ± 95 % interval (each seed's) ({setting}):\n\n" + "\n".join(lines) + "\n"
