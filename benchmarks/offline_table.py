@@ -298,10 +298,12 @@ def plot(summary: dict, path: str) -> None:
             if by_alpha:
                 alphas = sorted(by_alpha)
                 style = "--" if key.startswith("multi") else "-"
-                ax.plot(alphas, [np.mean(by_alpha[a]) for a in alphas], style, marker="o", ms=3, label=label)
+                color = f"C{list(labels).index(key)}"  # the same colour for a method in every panel
+                means = [np.mean(by_alpha[a]) for a in alphas]
+                ax.plot(alphas, means, style, marker="o", ms=3, color=color, label=label)
         if "bc" in summary["curves"][task]:
             ax.axhline(np.mean(summary["curves"][task]["bc"][1.0]), color="k", lw=1, label="BC")
-        ax.set(title=task, xlabel="trade-off α (weight of the BC term)", ylabel="final return")
+        ax.set(title=task, xlabel="trade-off α (weight of the BC term)", ylabel="final return", xlim=(0, 1))
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
