@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from aggregate import ci95
+from gap_figure import band as mean_band  # mean over seeds and its 95 % t-interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "--hidden-sizes 256 256 256 --batch-size 256"
@@ -130,14 +130,6 @@ def curve(by_seed: dict) -> dict:
     pick = lambda r, key: [next(e[key] for e in r["evaluations"] if e["env_steps"] == s) for s in steps]
     returns = [pick(r, "mean") for r in by_seed.values()]
     return {"env_steps": steps, "returns": returns, "alpha": [pick(r, "alpha") for r in by_seed.values()]}
-
-
-def mean_band(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds (rows) and the half-width of its 95 % t-interval (0 for one seed)."""
-    x = np.array(values, float)
-    if len(x) < 2:
-        return x.mean(0), np.zeros(x.shape[1])
-    return x.mean(0), ci95(x.std(0, ddof=1) / np.sqrt(len(x)), len(x))
 
 
 def steps_to_reach(c: dict, level: float) -> float:
