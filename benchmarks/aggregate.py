@@ -121,6 +121,17 @@ def ci95(se: float | None, n: int | None) -> float | None:
     return se * (T_975.get(n - 1, 1.96) if n else 1.96)
 
 
+def mean_ci95(samples) -> tuple:
+    """Mean over the first axis (seeds) and the half-width of its 95 % t-interval (None for one seed);
+    `samples` is [n] final returns or [n, T] curves. Every table and band in benchmarks/ uses it."""
+    x = np.asarray(samples, float)
+    se = x.std(0, ddof=1) / math.sqrt(len(x)) if len(x) > 1 else None
+    mean, half = x.mean(0), ci95(se, len(x))
+    if x.ndim == 1:  # final returns: plain floats, as JSON wants them
+        return float(mean), None if half is None else float(half)
+    return mean, half
+
+
 def mean_over_tasks(stats: list[tuple[float, float | None, int]]) -> tuple[float, float | None]:
     """Mean of per-task means and its se sqrt(Σ se_t²)/T (None if any task's se is)."""
     means, ses = [s[0] for s in stats], [s[1] for s in stats]

@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from gap_figure import band as mean_band  # mean over seeds and its 95 % t-interval
+from aggregate import mean_ci95  # mean over seeds and its 95 % t-interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "--hidden-sizes 256 256 256 --batch-size 256"
@@ -147,9 +147,9 @@ def grid_claims(runs: dict) -> list[dict]:
         if not learned:
             continue
         teacher = float(np.mean([r["teacher"]["mean"] for r in learned.values()]))
-        final, half = mean_band([[r["final"]["mean"]] for r in learned.values()])
+        final, half = mean_ci95([r["final"]["mean"] for r in learned.values()])
         claim = {"task": task, "method": method, "teacher": teacher, "seeds": len(learned)}
-        claim.update(learned_final=float(final[0]), learned_interval=float(half[0]))
+        claim.update(learned_final=final, learned_interval=half)
         claim["ends_above_teacher"] = claim["learned_final"] >= teacher
         if one:
             claim["alpha_1_final"] = float(np.mean([r["final"]["mean"] for r in one.values()]))
@@ -171,7 +171,8 @@ def claims_markdown(claims: list[dict]) -> str:
     lines = [head, "|---" * 10 + "|"]
     for c in claims:
         cells = [c["task"], c["method"], str(c["seeds"]), f"{c['teacher']:.1f}"]
-        cells.append(f"{c['learned_final']:.1f} ± {c['learned_interval']:.1f}")
+        half = c["learned_interval"]
+        cells.append(f"{c['learned_final']:.1f}" + (f" ± {half:.1f}" if half is not None else ""))
         cells.append(f"{c['alpha_1_final']:.1f}" if "alpha_1_final" in c else "–")
         reach = (
             "–" if "steps_learned" not in c else f"{steps(c['steps_learned'])} / {steps(c['steps_alpha_0'])}"
@@ -203,7 +204,8 @@ def plot_grid(runs: dict, path: str) -> dict:
                 if not by_seed:
                     continue
                 c = curve(by_seed)
-                mean, half = mean_band(c["returns"])
+                mean, half = mean_ci95(c["returns"])
+                half = 0.0 if half is None else half  # one seed: no band
                 name = "learned α" if label == "learned" else f"α = {label}"
                 line = ax.plot(c["env_steps"], mean, lw=2 if label == "learned" else 1, label=name)[0]
                 ax.fill_between(c["env_steps"], mean - half, mean + half, color=line.get_color(), alpha=0.15)

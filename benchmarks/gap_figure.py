@@ -15,7 +15,7 @@ import json
 import os
 
 import numpy as np
-from aggregate import ci95
+from aggregate import mean_ci95
 
 
 def load(results: str, env_id: str, name: str, alpha: str) -> dict:
@@ -38,14 +38,6 @@ def load(results: str, env_id: str, name: str, alpha: str) -> dict:
     return {"steps": steps, "returns": returns, "stddev": stddev, "seeds": len(runs)}
 
 
-def band(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds and the half-width of the 95 % t-interval (0 for one seed)."""
-    x = np.array(values, float)
-    if len(x) < 2:
-        return x.mean(0), np.zeros(x.shape[1])
-    return x.mean(0), ci95(x.std(0, ddof=1) / np.sqrt(len(x)), len(x))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="a sweep's results directory")
@@ -64,7 +56,8 @@ def main() -> None:
         name, alpha = run.split(":")
         label = f"{name}, α = {alpha} ({d['seeds']} seeds)"
         for ax, key in ((ax_ret, "returns"), (ax_std, "stddev")):
-            mean, half = band(d[key])
+            mean, half = mean_ci95(d[key])
+            half = 0.0 if half is None else half  # one seed: no band
             line = ax.plot(d["steps"], mean, marker="o", label=label)[0]
             ax.fill_between(d["steps"], mean - half, mean + half, color=line.get_color(), alpha=0.15)
     ax_ret.set(xlabel="learner step", ylabel="evaluation return", title=f"{opts.env_id}: return (±95 % CI)")

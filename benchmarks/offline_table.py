@@ -14,7 +14,9 @@ numbers to --json, and a plot of final return against α per task to --figure.
 own: entries of dime_bc at α = 1 are BC, other dime_bc entries DiME (BC), crr_ls LS, dime_awbc DiME (AWBC),
 dime_multi the conditioned runs of its --variant. Every cell is mean ± 95 % interval over seeds (Student t),
 and the paper's claims are checked on same-seed differences averaged over tasks (the claims need every
-task; a best α needs all of the grid's seeds at that α). Unfinished cells are left out and counted.
+task; a best α needs all of the grid's seeds at that α). Unfinished cells are left out and counted. Its
+outputs are named after the grid (docs/figures/GRID.md, GRID.json, GRID_alpha.png), so no grid's table
+overwrites another's.
 """
 
 import argparse
@@ -27,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from aggregate import ci95  # the Student t every table here uses
+from aggregate import mean_ci95  # the Student t every table here uses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
@@ -173,7 +175,8 @@ def summarise_grid(grid_path: str) -> dict:
             missing += 1
             continue
         result = json.load(open(found))
-        commands.append(" ".join(["python", f"{cell.script}.py", *sweep.cell_command(cell)[2:]]))
+        command = " ".join(["python", f"{cell.script}.py", *sweep.cell_command(cell)[2:]])
+        commands.append(command.replace(ROOT + os.sep, ""))  # paths from the repository root
         finals = result["final"] if isinstance(result["final"], list) else [result["final"]]
         for final in finals:
             per_alpha = by_seed.setdefault(cell.env_id, {}).setdefault(grid_column(cell, result), {})
@@ -192,13 +195,6 @@ def summarise_grid(grid_path: str) -> dict:
                 best = max(complete, key=lambda a: np.mean(list(per_alpha[a].values())))
                 row[f"{method}_best"], row[f"{method}_best_alpha"] = [per_alpha[best][s] for s in seeds], best
     return {"table": table, "curves": curves, "seeds": seeds, "missing_cells": missing, "commands": commands}
-
-
-def interval(values: list) -> tuple[float, float | None, int]:
-    """Mean, 95 % half-width over the finished seeds (None under two) and their number."""
-    done = [v for v in values if v is not None]
-    se = float(np.std(done, ddof=1) / np.sqrt(len(done))) if len(done) > 1 else None
-    return float(np.mean(done)), ci95(se, len(done)), len(done)
 
 
 CLAIMS = [  # (left, right, factor): "left < factor·right" is the claim ("≥" for the multi ones)
@@ -226,7 +222,7 @@ def check_claims(summary: dict) -> list[dict]:
                 diffs.append(float(np.mean([b[i] - factor * a[i] for a, b in pairs])))
         claim = {"claim": text, "seeds": len(diffs), "tasks": sorted(table)}
         if len(diffs) >= 2:
-            mean, half, _ = interval(diffs)
+            mean, half = mean_ci95(diffs)
             holds = mean >= 0 if factor != 1.0 else mean > 0
             claim.update(difference=mean, interval=half, holds=holds, separated=abs(mean) > half)
         out.append(claim)
@@ -257,7 +253,8 @@ def grid_markdown(summary: dict) -> str:
             if key not in row:
                 cells.append("–")
                 continue
-            mean, half, n = interval(row[key])
+            done = [v for v in row[key] if v is not None]  # the finished seeds
+            (mean, half), n = mean_ci95(done), len(done)
             text = f"{mean:.0f}" + (f" ± {half:.0f}" if half is not None else "")
             text += f" (α={row[key + '_alpha']})" if key + "_alpha" in row else ""
             cells.append(text + (f" [{n} seed{'s' * (n > 1)}]" if n < n_seeds else ""))
@@ -322,13 +319,19 @@ def main() -> None:
     parser.add_argument("--preset", default=PRESET, help="network and batch flags of every run")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "offline_table"))
-    parser.add_argument("--table", default=os.path.join(ROOT, "docs", "figures", "offline_table.md"))
-    parser.add_argument("--json", default=os.path.join(ROOT, "docs", "figures", "offline_table.json"))
-    parser.add_argument("--figure", default=os.path.join(ROOT, "docs", "figures", "offline_alpha.png"))
+    figures = os.path.join(ROOT, "docs", "figures")
+    parser.add_argument("--table", help="default: docs/figures/offline_table.md (--grid: GRID.md)")
+    parser.add_argument("--json", help="default: docs/figures/offline_table.json (--grid: GRID.json)")
+    parser.add_argument("--figure", help="default: docs/figures/offline_alpha.png (--grid: GRID_alpha.png)")
     parser.add_argument(
         "--grid", help="tabulate this sweep grid's finished cells (benchmarks/sweep.py); run none"
     )
     opts = parser.parse_args()
+    stem = os.path.splitext(os.path.basename(opts.grid))[0] if opts.grid else "offline_table"
+    opts.table = opts.table or os.path.join(figures, f"{stem}.md")  # a grid never overwrites another's table
+    opts.json = opts.json or os.path.join(figures, f"{stem}.json")
+    figure = f"{stem}_alpha.png" if opts.grid else "offline_alpha.png"
+    opts.figure = opts.figure or os.path.join(figures, figure)
     if opts.grid:
         return write_grid_table(opts)
     todo, start = jobs(opts), time.time()

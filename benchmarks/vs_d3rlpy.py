@@ -35,6 +35,8 @@ import sys
 import time
 import warnings
 
+from aggregate import mean_ci95  # benchmarks/aggregate.py: the Student t every table here uses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIDDEN, BATCH, D3RLPY_SAMPLES = (256, 256, 256), 256, 4
 
@@ -314,17 +316,6 @@ def quality_cell(opts, tag: str, env_id: str, path: str, learner: str, seed: int
     return json.load(open(done))
 
 
-def mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % Student-t interval (0 for one value)."""
-    n, mean = len(values), sum(values) / len(values)
-    if n < 2:
-        return mean, 0.0
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    from aggregate import ci95  # benchmarks/aggregate.py: the Student t every table here uses
-
-    return mean, ci95(sd / n**0.5, n)
-
-
 def quality(opts) -> None:
     """Train every learner on every dataset and seed (finished cells are skipped; --summary: train nothing,
     report the finished cells); print the final returns."""
@@ -352,9 +343,9 @@ def quality(opts) -> None:
             if not finals:  # --summary: no finished cell yet
                 cells.append("–")
                 continue
-            mean, half = mean_interval(finals)
+            mean, half = mean_ci95(finals)
             alpha = f", α = {best_alpha[tag, learner]}" if (tag, learner) in best_alpha else ""
-            interval = f" ± {half:.1f}" if len(finals) > 1 else ""  # one seed: no interval
+            interval = f" ± {half:.1f}" if half is not None else ""  # one seed: no interval
             cells.append(f"{mean:.1f}{interval} ({', '.join(f'{v:.1f}' for v in finals)}{alpha})")
         lines.append(f"| {learner} | {' | '.join(cells)} |")
     setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"

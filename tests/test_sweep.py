@@ -195,8 +195,11 @@ def test_offline_table_of_a_grid_tabulates_finished_cells_and_checks_claims(tmp_
     assert a["bc"] == [110.0, 120.0, 130.0] and b["ls"] == [170.0, 180.0, 190.0]
     assert a["dime_bc_best_alpha"] == 0.9 and a["dime_bc_best"] == [190.0, 200.0, 210.0]
     assert "dime_bc_best" not in b and "ls_best" in b  # LS has one α, finished on every seed
-    mean, half, n = offline_table.interval(a["bc"])
-    assert (mean, n) == (120.0, 3) and half == pytest.approx(10.0 / math.sqrt(3) * 4.303)
+    mean, half = aggregate.mean_ci95(a["bc"])
+    assert mean == 120.0 and half == pytest.approx(10.0 / math.sqrt(3) * 4.303)
+    assert aggregate.mean_ci95([5.0]) == (5.0, None)  # one seed: no interval
+    curves, halves = aggregate.mean_ci95([[0.0, 1.0], [2.0, 1.0]])  # [seeds, evaluations]: per evaluation
+    assert curves.tolist() == [1.0, 1.0] and halves == pytest.approx([12.706, 0.0])
     claims = {c["claim"]: c for c in offline_table.check_claims(summary)}
     bc_ls = claims["BC < LS α=.3"]
     assert bc_ls["difference"] == pytest.approx(20.0) and bc_ls["interval"] == pytest.approx(0.0)
