@@ -708,8 +708,8 @@ def evaluate(policy, args: Args, round_idx: int, device, stream: int = 1) -> np.
 def teacher_expected_q(teacher, args: Args, device) -> float:
     """E_{s∼µ, a∼π_b} Q(s, a) of pure imitation, for Sec. 6.3's c ("the expected return from fully
     imitating the prior"), on the critic's scale: the mean discounted return-to-go G_t of the teacher's
-    *sampled* actions over the first half of --eval-episodes episodes (the 1000-step cut moves those G_t by
-    less than γ^500/(1-γ)·r_max)."""
+    *sampled* actions over the first half of the steps of --eval-episodes episodes (the 1000-step cut moves
+    those G_t by less than γ^500/(1-γ)·r_max)."""
     envs = make_envs(args.env_id, args.eval_episodes)
     obs, _ = envs.reset(seed=round_seeds(args.seed, 0, 3, args.eval_episodes))
     gen = torch.Generator(device).manual_seed(args.seed)  # its own stream: training's RNG is untouched
