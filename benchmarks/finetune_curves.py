@@ -17,14 +17,13 @@ teacher's return; "never" within the budget counts as more than the budget).
 """
 
 import argparse
-import glob
 import json
 import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import sweep  # benchmarks/sweep.py: the grid runner; its cells are read here
 from aggregate import mean_ci95  # mean over seeds and its 95 % t-interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,18 +46,12 @@ def jobs(opts) -> list[dict]:
 
 
 def results_of(job: dict, opts) -> dict | None:
-    found = glob.glob(os.path.join(opts.out, job["name"], "*", "results.json"))
-    return json.load(open(found[0])) if found else None
+    found = sweep.results_in(os.path.join(opts.out, job["name"]))
+    return json.load(open(found)) if found else None
 
 
 def run(job: dict, opts) -> None:
-    if results_of(job, opts) is None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MUJOCO_GL": "disable"}
-        os.makedirs(opts.out, exist_ok=True)
-        with open(os.path.join(opts.out, f"{job['name']}.log"), "w") as f:
-            argv = [sys.executable, *job["command"].split()[1:]]  # "python" of the printed command
-            subprocess.run(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    result = results_of(job, opts)
+    result = sweep.run_logged(job["command"], os.path.join(opts.out, job["name"]))
     print(f"{job['name']}: {result['final']['mean']:.1f}" if result else f"{job['name']}: failed", flush=True)
 
 
@@ -110,8 +103,6 @@ def plot(opts, todo: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- --grid
 def grid_runs(grid_path: str) -> dict:
     """(task, method, α label) -> {seed: results} of a grid's finished dime_finetune cells."""
-    import sweep
-
     grid = sweep.read_grid(grid_path)
     runs = {}
     for cell in sweep.expand(grid, os.path.join(ROOT, grid.get("out", "runs"))):

@@ -20,15 +20,14 @@ overwrites another's.
 """
 
 import argparse
-import glob
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import sweep  # benchmarks/sweep.py: the grid runner; its cells are read here
 from aggregate import mean_ci95  # the Student t every table here uses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,22 +66,15 @@ def eval_alphas(opts) -> list[float]:
 
 
 def results_of(job: dict, opts) -> dict | None:
-    found = glob.glob(os.path.join(opts.out, job["name"], "*", "results.json"))
-    return json.load(open(found[0])) if found else None
+    found = sweep.results_in(os.path.join(opts.out, job["name"]))
+    return json.load(open(found)) if found else None
 
 
 def run(job: dict, opts) -> None:
-    if results_of(job, opts) is None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MUJOCO_GL": "disable"}
-        log = os.path.join(opts.out, f"{job['name']}.log")
-        os.makedirs(opts.out, exist_ok=True)
-        with open(log, "w") as f:
-            argv = [sys.executable, *job["command"].split()[1:]]  # "python" of the printed command
-            done = subprocess.run(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        if done.returncode:
-            print(f"failed ({done.returncode}): {job['command']} (log: {log})", flush=True)
-            return
-    result = results_of(job, opts)
+    result = sweep.run_logged(job["command"], os.path.join(opts.out, job["name"]))
+    if result is None:
+        print(f"failed: {job['command']} (log: {os.path.join(opts.out, job['name'])}.log)", flush=True)
+        return
     best = result["best"] if job["method"] == "multi" else result["final"]
     print(f"{job['name']}: {best['mean']:.1f} ({result['wall_time_s']:.0f} s)", flush=True)
 
@@ -162,8 +154,6 @@ def summarise_grid(grid_path: str) -> dict:
     """Per task and method, the final return per α and seed of a grid's finished cells; then the table's
     shape (task -> column -> one value per seed): the paper's fixed α and the best α per task, the α with
     the best mean, once every α of the grid has all of the grid's seeds."""
-    import sweep
-
     grid = sweep.read_grid(grid_path)
     cells = sweep.expand(grid, os.path.join(ROOT, grid.get("out", "runs")))
     by_seed, missing, commands, grid_alphas = {}, 0, [], {}

@@ -209,8 +209,31 @@ def expand(grid: dict, out: str) -> list[Cell]:
 # ---------------------------------------------------------------------------------------------- one cell
 def finished(cell: Cell) -> str | None:
     """The cell's results.json, if a run of it finished."""
-    found = sorted(glob.glob(os.path.join(glob.escape(cell.directory), "*", "results.json")))
+    return results_in(cell.directory)
+
+
+def results_in(directory: str) -> str | None:
+    """The newest results.json of the run directories in `directory` (a script's --output-dir)."""
+    found = sorted(glob.glob(os.path.join(glob.escape(directory), "*", "results.json")))
     return found[-1] if found else None
+
+
+def run_logged(command: str, directory: str) -> dict | None:
+    """Run a printed command line (`python SCRIPT.py ... --output-dir DIRECTORY`) on one thread, without
+    rendering, unless a run in DIRECTORY finished; its output goes to DIRECTORY.log. Returns the run's
+    results (None if it failed). For the benchmarks that run their own jobs (offline_table, finetune_curves).
+    """
+    if results_in(directory) is None:
+        env = {**cell_env(1), "MUJOCO_GL": "disable"}
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        with open(f"{directory}.log", "w") as f:
+            argv = [sys.executable, *command.split()[1:]]  # "python" of the printed command
+            subprocess.run(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    found = results_in(directory)
+    if found is None:
+        return None
+    with open(found) as f:
+        return json.load(f)
 
 
 def last_checkpoint(cell: Cell) -> str | None:

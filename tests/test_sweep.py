@@ -129,6 +129,24 @@ def test_local_launcher_reruns_only_failed_and_deleted_cells(tmp_path, monkeypat
     assert log.count("$ ") == 3  # every attempt's command is appended
 
 
+def test_run_logged_runs_once_and_returns_the_results(tmp_path):
+    """sweep.run_logged (the own jobs of offline_table.py, finetune_curves.py): runs a printed command into
+    its --output-dir, logs beside it, returns results.json; a finished directory is not run again, a failed
+    run gives None."""
+    script = tmp_path / "fake.py"
+    script.write_text(
+        "import json, os, sys\nprint('ran')\nos.makedirs(os.path.join(sys.argv[1], 'r'))\n"
+        "json.dump({'final': {'mean': 1.5}}, open(os.path.join(sys.argv[1], 'r', 'results.json'), 'w'))\n"
+    )
+    directory = str(tmp_path / "out" / "job")
+    assert sweep.run_logged(f"python {script} {directory}", directory) == {"final": {"mean": 1.5}}
+    assert open(directory + ".log").read() == "ran\n"
+    assert sweep.run_logged(f"python {script} {directory}", directory)["final"]["mean"] == 1.5  # not rerun
+    assert open(directory + ".log").read() == "ran\n"
+    failing = str(tmp_path / "out" / "failing")
+    assert sweep.run_logged(f"python -c raise(SystemExit(3)) {failing}", failing) is None
+
+
 def test_dime_multi_gets_no_alpha_and_entries_inherit_the_top_level(tmp_path):
     grid = dict(env_ids=["cheetah_run"], alphas=[0.3], seeds=[1], flags="--total-steps 5")
     grid["runs"] = [
