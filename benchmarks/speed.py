@@ -40,7 +40,7 @@ def seconds_per_step(step, steps: int, warmup: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def online_setup(module, preset, device, num_samples, compile, bf16, obs_dim, act_dim, **extra):
+def online_setup(module, preset, device, num_samples, compile, bf16, obs_dim, act_dim):
     """Args, agent, optimisers and a full replay of random transitions for an online script's learner."""
     hidden, batch = PRESETS[preset]
     args = module.Args(
@@ -50,7 +50,6 @@ def online_setup(module, preset, device, num_samples, compile, bf16, obs_dim, ac
         buffer_size=100_000,
         num_samples=num_samples,
         bf16=bf16,
-        **extra,
     )
     objectives = (2,) if module is dime_morl else ()  # dime_morl: task and energy objectives
     agent = module.Agent(obs_dim, act_dim, *objectives, args).to(device)
@@ -80,9 +79,7 @@ def time_finetune_learner(
 ):
     """Seconds per dime_finetune learner step on a full replay of random transitions, with a teacher of the
     same size as the policy (cheetah_run sizes)."""
-    setup = online_setup(
-        dime_finetune, preset, device, num_samples, compile, bf16, obs_dim, act_dim, return_threshold=0.0
-    )
+    setup = online_setup(dime_finetune, preset, device, num_samples, compile, bf16, obs_dim, act_dim)
     args, agent, optimizers, replay = setup
     teacher = dime_finetune.Policy(obs_dim, act_dim, args.hidden_sizes).to(device).eval()
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)

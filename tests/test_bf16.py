@@ -40,8 +40,7 @@ def offline_setup(script: str):
 
 def online_setup(script: str):
     module = importlib.import_module(script)
-    threshold = {"return_threshold": 0.0} if script == "dime_finetune" else {}
-    args = module.Args(env_id="cartpole_swingup", alpha=0.5, **threshold, **SMALL)
+    args = module.Args(env_id="cartpole_swingup", alpha=0.5, **SMALL)
     g = torch.Generator().manual_seed(0)
     if script == "dime_morl":
         replay = module.Replay(256, 1, 3, 2, 2, torch.device("cpu"))

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -162,15 +161,28 @@ def test_alpha_is_held_during_the_warm_up_and_learned_after(tmp_path):
     assert learned["evaluations"][-1]["alpha"] != pytest.approx(0.5, abs=1e-3)
 
 
-def test_threshold_is_the_teachers_sampled_action_q(tmp_path):
-    """c = 0.9·E[G_t] of the teacher's sampled actions: positive, and below the mean-action per-step return
-    / (1 - γ) (the old default, which an imitating student's critic could not reach)."""
-    results = run(tmp_path, learn_alpha=True, total_env_steps=2000)
-    mean_action_level = results["teacher"]["mean"] / 1000 / (1 - 0.99)
-    assert 0 < results["return_threshold"] < mean_action_level
+def test_threshold_is_the_critics_value_of_the_teacher_less_the_margin():
+    """c = E_{a~π_b} Q - 0.1·|E_{a~π_b} Q| by self-normalised importance weights softmax_N(log π_b/π_i):
+    the plain mean of Q where π_b = π_i, the Q of the one action π_b favours where it favours one."""
+    args = ft.Args(hidden_sizes=(8,), threshold_margin=0.1)
+    q_task = torch.tensor([[1.0, -4.0], [3.0, -2.0], [5.0, -6.0]])  # [N = 3, B = 2]
+    same = ft.imitation_threshold(q_task, torch.zeros(3, 2), args)
+    assert same.item() == pytest.approx(((3.0 - 4.0) / 2) * 1.1)  # E[Q] = -0.5, margin below it: -0.55
+    peaked = torch.tensor([[0.0, 0.0], [50.0, 50.0], [0.0, 0.0]])  # π_b puts its mass on the second action
+    assert ft.imitation_threshold(q_task, peaked, args).item() == pytest.approx(0.5 * (3.0 - 2.0) * 0.9)
 
 
-def test_discounted_to_go_matches_a_loop():
-    rewards = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
-    expected = [[1 + 0.5 * 2 + 0.25 * 3, 0 + 0.5], [2 + 0.5 * 3, 1], [3, 0]]
-    np.testing.assert_allclose(ft.discounted_to_go(rewards, 0.5), expected)
+def test_learned_alpha_falls_for_a_student_that_imitates_the_teacher():
+    """With c measured by the critic, π_i = π_b (log ratio 0) is worth E[Q] > c: α falls, RL takes over."""
+    args = ft.Args(learn_alpha=True, hidden_sizes=(8,))
+    agent = ft.Agent(3, 1, args)
+    optimizer = ft.make_optimizers(agent, args)["tradeoff"]
+    states, mean, stddev = torch.randn(4, 3), torch.zeros(4, 1), torch.ones(4, 1)
+    actions, q_task, log_ratio = torch.randn(5, 4, 1), torch.randn(5, 4) + 20.0, torch.zeros(5, 4)
+    loss, stats = ft.policy_loss(
+        agent, ft.PolicyBatch(states, mean, stddev, actions, q_task, log_ratio), args
+    )
+    assert stats["losses/q_minus_threshold"].item() == pytest.approx(0.1 * q_task.mean().item(), rel=1e-5)
+    loss.backward()
+    optimizer.step()
+    assert ft.tradeoff(agent, args).item() < 0.5
