@@ -13,13 +13,14 @@ value is below the threshold c (the teacher's, by default) and shrinks above it.
 
 Decisions the paper leaves open (docs/dime_finetune.md, "Implementation details"):
 - --teacher defaults to the task's *middle* zoo policy (zoo/manifest.json), so there is room to beat it.
-- c ("the expected return from fully imitating the prior") is measured by the critic itself at every step:
-  (1 - --threshold-margin)·E_{s, a~π_b} Q(s, a), on the sampled actions with the teacher's importance
-  weights. A fixed c from the teacher's returns stayed above the critic's E[Q] for the whole of a 60k-step
-  run (the critic's Q climbs from 0 for ~15k learner steps), holding α at its bound; --return-threshold
-  fixes c.
-- The learned α cannot wind up: its logit is clamped to ±--tradeoff-logit-bound, and it is held at --alpha
-  for the first --alpha-warmup-steps learner steps, while the critic (which starts at Q ≈ 0) learns.
+- J(α) is measured on the scale of returns, where c is known: c ("the expected return from fully
+  imitating the prior") = (1 - --threshold-margin) × the teacher's mean episode return with sampled actions,
+  and E_{s, a~π_i} Q(s, a) is the actors' mean return in the latest round (sampled actions of π_θ). The
+  critic's own E[Q] climbs from 0 for ~15k learner steps: against a fixed c it held α at its bound for a
+  whole 60k-step run, and against the critic's value of the teacher's actions it let α fall at once
+  (docs/dime_finetune.md). --return-threshold fixes c.
+- The learned α cannot wind up: its logit is clamped to ±--tradeoff-logit-bound (it can be held at --alpha
+  for the first --alpha-warmup-steps learner steps; off by default, as J(α) does not wait for the critic).
 - As in dime_morl.py and Acme's DMPO learner, the E-step runs on the bootstrap states s_{t+n} and shares
   the N target-policy actions and the single target-critic pass of the C51 target.
 - Actors are a lockstep vector env reset together ("rounds"); reset seeds derive from (seed, round), and
@@ -91,14 +92,14 @@ class Args:
     # trade-off in [0, 1]: weight of the teacher objective (the initial value with --learn-alpha)
     alpha: float = 0.5
     learn_alpha: bool = False  # learn α = sigmoid(x) by descending α·(E[Q] - c) (Sec. 6.3)
-    # a fixed c for the learned trade-off; default: measured by the critic at every step (--threshold-margin)
+    # c of the learned trade-off, an episode return; default: measured from the teacher (--threshold-margin)
     return_threshold: float | None = None
-    # c = E_{a~π_b} Q - margin·|E_{a~π_b} Q|: a student that imitates the teacher lets α fall
+    # c = (1 - margin)·the teacher's mean episode return with sampled actions (what α = 1 can reach)
     threshold_margin: float = 0.1
     # the learned α's logit is clamped to ±this (α ∈ [0.018, 0.982]): no wind-up past saturation
     tradeoff_logit_bound: float = 4.0
-    # learner steps during which the learned α is held at --alpha while the critic learns (Q starts at 0)
-    alpha_warmup_steps: int = 2000
+    # learner steps during which the learned α is held at --alpha (0: learned from the first step)
+    alpha_warmup_steps: int = 0
     # dime: fix the teacher objective's temperature to 1, so its E-step is the teacher itself (eq. 8)
     fixed_eta2: bool = False
     epsilon_teacher: float = 0.1  # dime: KL bound of the teacher objective's E-step when η_2 is learned
@@ -299,6 +300,8 @@ class Agent(nn.Module):
         self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
         logit = math.log(args.alpha / (1 - args.alpha)) if 0 < args.alpha < 1 else 0.0  # used if learned
         self.tradeoff_logit = nn.Parameter(torch.tensor(logit))
+        # J(α)'s estimate of E_{s, a~π_i} Q: the actors' mean episode return of the latest round (run_round)
+        self.register_buffer("policy_return", torch.tensor(0.0))
         self.update_targets()
 
     @torch.no_grad()
@@ -459,21 +462,10 @@ def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
             stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl / bound
     loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
     loss = loss_policy + loss_dual
-    if args.learn_alpha:
-        c = imitation_threshold(q_task, log_ratio, args)  # measured, unless --return-threshold fixes it
-        c = c if args.return_threshold is None else q_task.new_tensor(args.return_threshold)
-        stats["losses/threshold"], stats["losses/q_minus_threshold"] = c, q_task.mean() - c
-        loss = loss + alpha * stats["losses/q_minus_threshold"].detach()  # J(α) = α·(E[Q] - c) (Sec. 6.3)
+    if args.learn_alpha:  # J(α) = α·(E[Q] - c) (Sec. 6.3), E[Q] as the actors' latest return
+        stats["losses/return_minus_threshold"] = agent.policy_return - args.return_threshold
+        loss = loss + alpha * stats["losses/return_minus_threshold"]
     return loss, stats
-
-
-def imitation_threshold(q_task: torch.Tensor, log_ratio: torch.Tensor, args: Args) -> torch.Tensor:
-    """c of Sec. 6.3, "the expected return from fully imitating the prior", on the critic's current scale:
-    E_{s, a~π_b} Q(s, a) estimated on the N actions sampled from π_i with the self-normalised importance
-    weights softmax_N(log π_b/π_i) (the teacher objective's E-step at η = 1, eq. 8), less the margin.
-    q_task, log_ratio [N, B] -> []."""
-    teacher_q = (log_ratio.softmax(0) * q_task).sum(0).mean()
-    return teacher_q - args.threshold_margin * teacher_q.abs()
 
 
 # ==== 7a. Replay on the device: 1-step transitions per actor, n-step returns built when sampled ===========
@@ -607,7 +599,11 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     state = TrainState(**ckpt["state"]) if ckpt else TrainState()
     if state.teacher_returns is None:  # the teacher's own evaluation: a line on the plots
         state.teacher_returns = evaluate(teacher, args, 0, device, stream=2).tolist()
-    print(f"teacher: return {np.mean(state.teacher_returns):.1f}")
+    if args.learn_alpha and args.return_threshold is None:  # c, measured once; a resumed run keeps it
+        sampled = evaluate(teacher, args, 0, device, stream=3, sample=True)  # as an α = 1 student acts
+        args = dataclasses.replace(args, return_threshold=(1 - args.threshold_margin) * float(sampled.mean()))
+    line = f"teacher: return {np.mean(state.teacher_returns):.1f}"
+    print(line + (f"; threshold c = {args.return_threshold:.1f}" if args.learn_alpha else ""))
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
@@ -664,12 +660,13 @@ def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run) -
             while state.credit >= 1.0:
                 learn(learner, args, state, run)
                 state.credit -= 1.0
+    learner.agent.policy_return.fill_(episode_return.mean())  # the learned trade-off's E[Q] (policy_loss)
     run.writer.add_scalar("charts/episodic_return", episode_return.mean().item(), state.env_steps)
     state.round += 1
 
 
 def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
-    """One learner step (α held while the critic warms up), the target update and the log when due."""
+    """One learner step (α held during --alpha-warmup-steps), the target update and the log when due."""
     optimizers = learner.optimizers
     if state.learner_steps < args.alpha_warmup_steps:
         optimizers = {k: o for k, o in optimizers.items() if k != "tradeoff"}
@@ -699,13 +696,17 @@ def log_metrics(agent: Agent, run: Run, metrics: list[dict], step: int) -> None:
 
 # ==== 10. Evaluation ======================================================================================
 @torch.no_grad()
-def evaluate(policy, args: Args, round_idx: int, device, stream: int = 1) -> np.ndarray:
-    """Per-episode returns of a policy's mean (clipped to [-1, 1]); reset seeds from (seed, round, stream)."""
+def evaluate(policy, args: Args, round_idx: int, device, stream: int = 1, sample: bool = False) -> np.ndarray:
+    """Per-episode returns of a policy's mean (`sample`: of actions drawn from it), clipped to [-1, 1];
+    reset seeds and the sampling noise from (seed, round, stream)."""
     envs = make_envs(args.env_id, args.eval_episodes)
-    obs, _ = envs.reset(seed=round_seeds(args.seed, round_idx, stream, args.eval_episodes))
+    seeds = round_seeds(args.seed, round_idx, stream, args.eval_episodes)
+    obs, _ = envs.reset(seed=seeds)
+    gen = torch.Generator(device).manual_seed(seeds[0])  # its own stream: training's RNG is untouched
     returns, alive = np.zeros(args.eval_episodes), np.ones(args.eval_episodes, bool)
     while alive.any():
-        actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device))[0]
+        mean, stddev = policy(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        actions = mean + stddev * torch.randn(mean.shape, device=device, generator=gen) if sample else mean
         obs, reward, terminated, truncated, _ = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
         returns += reward * alive
         alive &= ~(terminated | truncated)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -69,13 +70,15 @@ def test_alpha_1_with_fixed_eta2_distils_the_teacher():
     assert after < 0.25 * before, (before, after)
 
 
-@pytest.mark.parametrize("q_mean,direction", [(-5.0, 1), (5.0, -1)])
-def test_learned_alpha_rises_below_the_threshold_and_falls_above(q_mean, direction):
+@pytest.mark.parametrize("policy_return,direction", [(-5.0, 1), (5.0, -1)])
+def test_learned_alpha_rises_below_the_threshold_and_falls_above(policy_return, direction):
+    """J(α) = α·(E[Q] - c) with E[Q] the actors' latest return: α grows below c = 0 and shrinks above it."""
     args = ft.Args(learn_alpha=True, hidden_sizes=(8,), return_threshold=0.0)
     agent = ft.Agent(3, 1, args)
+    agent.policy_return.fill_(policy_return)
     optimizer = ft.make_optimizers(agent, args)["tradeoff"]
     states, mean, stddev = torch.randn(4, 3), torch.zeros(4, 1), torch.ones(4, 1)
-    actions, q_task, log_ratio = torch.randn(5, 4, 1), torch.full((5, 4), q_mean), torch.zeros(5, 4)
+    actions, q_task, log_ratio = torch.randn(5, 4, 1), torch.full((5, 4), -policy_return), torch.zeros(5, 4)
     before = ft.tradeoff(agent, args).item()
     loss, _ = ft.policy_loss(agent, ft.PolicyBatch(states, mean, stddev, actions, q_task, log_ratio), args)
     loss.backward()
@@ -161,28 +164,16 @@ def test_alpha_is_held_during_the_warm_up_and_learned_after(tmp_path):
     assert learned["evaluations"][-1]["alpha"] != pytest.approx(0.5, abs=1e-3)
 
 
-def test_threshold_is_the_critics_value_of_the_teacher_less_the_margin():
-    """c = E_{a~π_b} Q - 0.1·|E_{a~π_b} Q| by self-normalised importance weights softmax_N(log π_b/π_i):
-    the plain mean of Q where π_b = π_i, the Q of the one action π_b favours where it favours one."""
-    args = ft.Args(hidden_sizes=(8,), threshold_margin=0.1)
-    q_task = torch.tensor([[1.0, -4.0], [3.0, -2.0], [5.0, -6.0]])  # [N = 3, B = 2]
-    same = ft.imitation_threshold(q_task, torch.zeros(3, 2), args)
-    assert same.item() == pytest.approx(((3.0 - 4.0) / 2) * 1.1)  # E[Q] = -0.5, margin below it: -0.55
-    peaked = torch.tensor([[0.0, 0.0], [50.0, 50.0], [0.0, 0.0]])  # π_b puts its mass on the second action
-    assert ft.imitation_threshold(q_task, peaked, args).item() == pytest.approx(0.5 * (3.0 - 2.0) * 0.9)
-
-
-def test_learned_alpha_falls_for_a_student_that_imitates_the_teacher():
-    """With c measured by the critic, π_i = π_b (log ratio 0) is worth E[Q] > c: α falls, RL takes over."""
-    args = ft.Args(learn_alpha=True, hidden_sizes=(8,))
-    agent = ft.Agent(3, 1, args)
-    optimizer = ft.make_optimizers(agent, args)["tradeoff"]
-    states, mean, stddev = torch.randn(4, 3), torch.zeros(4, 1), torch.ones(4, 1)
-    actions, q_task, log_ratio = torch.randn(5, 4, 1), torch.randn(5, 4) + 20.0, torch.zeros(5, 4)
-    loss, stats = ft.policy_loss(
-        agent, ft.PolicyBatch(states, mean, stddev, actions, q_task, log_ratio), args
-    )
-    assert stats["losses/q_minus_threshold"].item() == pytest.approx(0.1 * q_task.mean().item(), rel=1e-5)
-    loss.backward()
-    optimizer.step()
-    assert ft.tradeoff(agent, args).item() < 0.5
+def test_threshold_is_the_teachers_sampled_action_return_and_the_actors_return_feeds_j(tmp_path):
+    """c = 0.9 × the teacher's mean episode return with sampled actions (its own seeds, so an independent
+    evaluation finds the same); J(α) reads the actors' return of the latest round, kept in the checkpoint."""
+    results = run(tmp_path, learn_alpha=True, total_env_steps=2000)
+    args = ft.Args(**{**TINY, "learn_alpha": True})
+    teacher = ft.load_teacher(args, 5, 1, torch.device("cpu"))
+    sampled = ft.evaluate(teacher, args, 0, torch.device("cpu"), stream=3, sample=True)
+    assert results["return_threshold"] == pytest.approx(0.9 * sampled.mean())
+    means = ft.evaluate(teacher, args, 0, torch.device("cpu"), stream=3)
+    assert not np.allclose(sampled, means)  # sampled actions, not the mean's
+    (name,) = os.listdir(tmp_path)
+    checkpoint = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+    assert checkpoint["agent"]["policy_return"].item() > 0  # set by the rounds (0 before the first)
