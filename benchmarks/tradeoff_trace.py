@@ -81,7 +81,7 @@ def main() -> None:
     ax_ret.axhline(next(iter(data.values()))["teacher"], color="k", ls=":", label="teacher")
     ax_ret.set(xlabel="learner step", ylabel="evaluation return", title="return of the policy mean")
     ax_alpha.set(xlabel="learner step", ylabel="α (weight of the teacher)", ylim=(0, 1), title="learned α")
-    ax_q.set(xlabel="learner step", ylabel="critic scale", title="E[Q] - c (α falls above 0)")
+    ax_q.set(xlabel="learner step", ylabel="gap (each run's scale)", title="E[Q] - c (α falls above 0)")
     ax_q.axhline(0.0, color="k", lw=0.5)
     for ax in (ax_ret, ax_alpha, ax_q):
         ax.legend(fontsize=7)
