@@ -1,6 +1,7 @@
 """How much of each script is the algorithm: non-blank lines per part.
 
-    python benchmarks/count_lines.py
+    python benchmarks/count_lines.py               # per script: algorithm against harness
+    python benchmarks/count_lines.py --sections    # and non-blank lines per section, to see where they go
 
 Counted from the section headers (`# ==== N. ...`): the algorithm is sections 3-8 (networks, C51 critic,
 E-step, M-step, policy objective, replay, learner step), from the line of section 3's header to the banner
@@ -11,6 +12,7 @@ harness (module docstring, imports, Args and flag checks, environments and data 
 logging, checkpoints, export). Blank lines are not counted; comments and docstrings are.
 """
 
+import argparse
 import ast
 import os
 
@@ -45,12 +47,33 @@ def count(path: str) -> tuple[int, int, int, int]:
     return len(lines), algorithm, harness, loop
 
 
+def sections(path: str) -> list[tuple[str, int]]:
+    """(section title, non-blank lines) in file order; "preamble" is the docstring, imports and constants
+    above section 1, "banner" the comment that ends the algorithm."""
+    lines = open(path).read().splitlines()
+    starts = [(0, "preamble")]
+    for i, line in enumerate(lines):
+        if line.startswith("# ==== "):
+            starts.append((i, line.strip("# =").split(":")[0]))
+        elif line.startswith(BANNER):
+            starts.append((i, "banner"))
+    ends = [i for i, _ in starts[1:]] + [len(lines)]
+    return [(title, sum(1 for line in lines[i:end] if line.strip())) for (i, title), end in zip(starts, ends)]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", action="store_true", help="also print non-blank lines per section")
+    args = parser.parse_args()
     print(f"{'script':<15}{'lines':>6}{'algorithm':>11}{'harness':>9}{'algorithm %':>13}{'with loop %':>13}")
     for script in SCRIPTS:
         total, algorithm, harness, loop = count(os.path.join(ROOT, f"{script}.py"))
         share, with_loop = (100 * a / (algorithm + harness) for a in (algorithm, algorithm + loop))
         print(f"{script:<15}{total:>6}{algorithm:>11}{harness:>9}{share:>12.0f}%{with_loop:>12.0f}%")
+    if args.sections:
+        for script in SCRIPTS:
+            parts = sections(os.path.join(ROOT, f"{script}.py"))
+            print(f"\n{script}: " + ", ".join(f"{title} {n}" for title, n in parts))
 
 
 if __name__ == "__main__":

@@ -27,3 +27,16 @@ def test_a_moved_definition_is_reported_and_fixed():
     assert problems and fixed == f"see [`fail`](../dime_bc.py#L{first}-L{last})"
     assert doc_links.refresh(fixed, {})[1] == []
     assert doc_links.refresh("[`no_such_thing`](../dime_bc.py#L1-L2)", {})[1]
+
+
+def test_line_counts_add_up_section_by_section():
+    """count_lines' parts cover every non-blank line once: the sections sum to algorithm + harness."""
+    import count_lines
+
+    for script in count_lines.SCRIPTS:
+        path = os.path.join(ROOT, f"{script}.py")
+        total, algorithm, harness, _ = count_lines.count(path)
+        parts = dict(count_lines.sections(path))
+        assert sum(parts.values()) == algorithm + harness
+        inside = [n for title, n in parts.items() if title[0] in "345678"]  # 3. ... 8., 7a. included
+        assert sum(inside) == algorithm, script
