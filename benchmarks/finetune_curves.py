@@ -130,8 +130,9 @@ def steps_to_reach(c: dict, level: float) -> float:
 
 
 def grid_claims(runs: dict) -> list[dict]:
-    """Per task and method: the learned α's final return against the teacher's and α = 1's, and its env steps
-    to the teacher's return against α = 0's."""
+    """Per task and method: the learned α's final return against the teacher's and α = 1's (mean, and seeds at
+    or above the teacher), its env steps to the teacher's return against α = 0's, and to α = 0's final return
+    against α = 0's own (the speed-up a budget too short for the teacher's return can still show)."""
     out = []
     for task, method in sorted({(t, m) for t, m, _ in runs}):
         learned, zero, one = (runs.get((task, method, a)) for a in ("learned", "0", "1"))
@@ -142,6 +143,7 @@ def grid_claims(runs: dict) -> list[dict]:
         claim = {"task": task, "method": method, "teacher": teacher, "seeds": len(learned)}
         claim.update(learned_final=final, learned_interval=half)
         claim["ends_above_teacher"] = claim["learned_final"] >= teacher
+        claim["seeds_above_teacher"] = sum(r["final"]["mean"] >= teacher for r in learned.values())
         if one:
             claim["alpha_1_final"] = float(np.mean([r["final"]["mean"] for r in one.values()]))
             claim["ends_above_alpha_1"] = claim["learned_final"] >= claim["alpha_1_final"]
@@ -150,6 +152,12 @@ def grid_claims(runs: dict) -> list[dict]:
             budget = max(e["env_steps"] for r in zero.values() for e in r["evaluations"])
             claim.update(steps_learned=fast, steps_alpha_0=slow, budget=budget)
             claim["three_times_faster"] = fast < float("inf") and min(slow, budget) >= 3 * fast
+            zero_final = float(np.mean([r["final"]["mean"] for r in zero.values()]))
+            claim.update(
+                alpha_0_final=zero_final,
+                steps_learned_to_alpha_0_final=steps_to_reach(curve(learned), zero_final),
+                steps_alpha_0_to_its_final=steps_to_reach(curve(zero), zero_final),
+            )
         out.append(claim)
     return out
 
@@ -157,18 +165,30 @@ def grid_claims(runs: dict) -> list[dict]:
 def claims_markdown(claims: list[dict]) -> str:
     steps = lambda v: "never" if v == float("inf") else f"{v / 1000:.1f}k"
     verdict = lambda c, k: "–" if k not in c else ("holds" if c[k] else "does not hold")
-    head = "| task | method | seeds | teacher | learned α final | α = 1 final | env steps to the teacher: "
-    head += "learned / α = 0 | ends ≥ teacher | ends ≥ α = 1 | ≥ 3× faster than α = 0 |"
-    lines = [head, "|---" * 10 + "|"]
+    head = (
+        "| task | method | seeds | teacher | learned α final | seeds ≥ teacher | α = 1 final | env steps to "
+    )
+    head += (
+        "the teacher: learned / α = 0 | env steps to α = 0's final return: learned / α = 0 | ends ≥ teacher "
+    )
+    head += "| ends ≥ α = 1 | ≥ 3× faster than α = 0 |"
+    lines = [head, "|---" * 12 + "|"]
     for c in claims:
         cells = [c["task"], c["method"], str(c["seeds"]), f"{c['teacher']:.1f}"]
         half = c["learned_interval"]
         cells.append(f"{c['learned_final']:.1f}" + (f" ± {half:.1f}" if half is not None else ""))
+        cells.append(f"{c['seeds_above_teacher']} of {c['seeds']}")
         cells.append(f"{c['alpha_1_final']:.1f}" if "alpha_1_final" in c else "–")
         reach = (
             "–" if "steps_learned" not in c else f"{steps(c['steps_learned'])} / {steps(c['steps_alpha_0'])}"
         )
         cells.append(reach)
+        if "alpha_0_final" in c:
+            fast, slow = c["steps_learned_to_alpha_0_final"], c["steps_alpha_0_to_its_final"]
+            ratio = f" ({slow / fast:.1f}×)" if 0 < fast < float("inf") else ""
+            cells.append(f"{c['alpha_0_final']:.1f}: {steps(fast)} / {steps(slow)}{ratio}")
+        else:
+            cells.append("–")
         cells += [verdict(c, k) for k in ("ends_above_teacher", "ends_above_alpha_1", "three_times_faster")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -201,9 +221,11 @@ def plot_grid(runs: dict, path: str) -> dict:
                 line = ax.plot(c["env_steps"], mean, lw=2 if label == "learned" else 1, label=name)[0]
                 ax.fill_between(c["env_steps"], mean - half, mean + half, color=line.get_color(), alpha=0.15)
                 finals[f"{task} {method} {label}"] = [r["final"]["mean"] for r in by_seed.values()]
-                if label == "learned":
-                    alpha = np.mean(c["alpha"], 0)
-                    axes[-1][col].plot(c["env_steps"], alpha, color=line.get_color(), label=method)
+                if label == "learned":  # each seed's α (the handover is abrupt; a seed-mean would blur it)
+                    colour = f"C{row}"
+                    for i, alpha in enumerate(c["alpha"]):
+                        label_ = f"{method} (one line per seed)" if i == 0 else None
+                        axes[-1][col].plot(c["env_steps"], alpha, color=colour, lw=1, alpha=0.8, label=label_)
                 teacher = np.mean([r["teacher"]["mean"] for r in by_seed.values()])
             ax.axhline(teacher, color="k", ls="--", label="teacher")
             ax.set(title=f"{task}, {method} (mean ± 95 % CI over seeds)", ylabel="episode return")

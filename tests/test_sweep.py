@@ -259,7 +259,10 @@ def test_finetune_curves_of_a_grid_checks_the_learned_alpha_claims(tmp_path):
     assert claim["learned_final"] == 131.5 and claim["ends_above_teacher"] and claim["ends_above_alpha_1"]
     assert claim["steps_learned"] == 20_000 and claim["steps_alpha_0"] == 40_000
     assert not claim["three_times_faster"]  # 2× only
-    row = "| a_run | dime | 2 | 100.0 | 131.5 ± 6.4 | 96.5 | 20.0k / 40.0k | holds | holds | does not hold |"
+    assert claim["seeds_above_teacher"] == 2 and claim["alpha_0_final"] == 106.5
+    assert claim["steps_learned_to_alpha_0_final"] == 20_000 and claim["steps_alpha_0_to_its_final"] == 40_000
+    row = "| a_run | dime | 2 | 100.0 | 131.5 ± 6.4 | 2 of 2 | 96.5 | 20.0k / 40.0k "
+    row += "| 106.5: 20.0k / 40.0k (2.0×) | holds | holds | does not hold |"
     assert row in finetune_curves.claims_markdown([claim])
 
 
