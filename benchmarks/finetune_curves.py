@@ -225,7 +225,9 @@ def plot_grid(runs: dict, path: str) -> dict:
                     colour = f"C{row}"
                     for i, alpha in enumerate(c["alpha"]):
                         label_ = f"{method} (one line per seed)" if i == 0 else None
-                        axes[-1][col].plot(c["env_steps"], alpha, color=colour, lw=1, alpha=0.8, label=label_)
+                        axes[-1][col].plot(
+                            c["env_steps"], alpha, color=colour, ls="-:"[row % 2], lw=1.2, label=label_
+                        )
                 teacher = np.mean([r["teacher"]["mean"] for r in by_seed.values()])
             ax.axhline(teacher, color="k", ls="--", label="teacher")
             ax.set(title=f"{task}, {method} (mean ± 95 % CI over seeds)", ylabel="episode return")
