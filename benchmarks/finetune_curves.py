@@ -210,7 +210,9 @@ def plot_grid(runs: dict, path: str) -> dict:
     for col, task in enumerate(tasks):
         for row, method in enumerate(methods):
             ax = axes[row][col]
-            for label in ["0", "0.25", "0.5", "1", "learned"]:
+            for i, label in enumerate(
+                ["0", "0.25", "0.5", "1", "learned"]
+            ):  # one colour per α in every panel
                 by_seed = runs.get((task, method, label))
                 if not by_seed:
                     continue
@@ -218,13 +220,15 @@ def plot_grid(runs: dict, path: str) -> dict:
                 mean, half = mean_ci95(c["returns"])
                 half = 0.0 if half is None else half  # one seed: no band
                 name = "learned α" if label == "learned" else f"α = {label}"
-                line = ax.plot(c["env_steps"], mean, lw=2 if label == "learned" else 1, label=name)[0]
+                line = ax.plot(
+                    c["env_steps"], mean, color=f"C{i}", lw=2 if label == "learned" else 1, label=name
+                )[0]
                 ax.fill_between(c["env_steps"], mean - half, mean + half, color=line.get_color(), alpha=0.15)
                 finals[f"{task} {method} {label}"] = [r["final"]["mean"] for r in by_seed.values()]
                 if label == "learned":  # each seed's α (the handover is abrupt; a seed-mean would blur it)
                     colour = f"C{row}"
-                    for i, alpha in enumerate(c["alpha"]):
-                        label_ = f"{method} (one line per seed)" if i == 0 else None
+                    for seed, alpha in enumerate(c["alpha"]):
+                        label_ = f"{method} (one line per seed)" if seed == 0 else None
                         axes[-1][col].plot(
                             c["env_steps"], alpha, color=colour, ls="-:"[row % 2], lw=1.2, label=label_
                         )
