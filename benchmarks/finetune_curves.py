@@ -129,6 +129,11 @@ def steps_to_reach(c: dict, level: float) -> float:
     return next((s for s, m in zip(c["env_steps"], mean) if s > 0 and m >= level), float("inf"))
 
 
+def mean_final(by_seed: dict) -> float:
+    """Mean over seeds of the final evaluation's return."""
+    return float(np.mean([r["final"]["mean"] for r in by_seed.values()]))
+
+
 def grid_claims(runs: dict) -> list[dict]:
     """Per task and method: the learned α's final return against the teacher's and α = 1's (mean, and seeds at
     or above the teacher), its env steps to the teacher's return against α = 0's, and to α = 0's final return
@@ -145,18 +150,19 @@ def grid_claims(runs: dict) -> list[dict]:
         claim["ends_above_teacher"] = claim["learned_final"] >= teacher
         claim["seeds_above_teacher"] = sum(r["final"]["mean"] >= teacher for r in learned.values())
         if one:
-            claim["alpha_1_final"] = float(np.mean([r["final"]["mean"] for r in one.values()]))
+            claim["alpha_1_final"] = mean_final(one)
             claim["ends_above_alpha_1"] = claim["learned_final"] >= claim["alpha_1_final"]
         if zero:
-            fast, slow = steps_to_reach(curve(learned), teacher), steps_to_reach(curve(zero), teacher)
+            learned_curve, zero_curve = curve(learned), curve(zero)
+            fast, slow = steps_to_reach(learned_curve, teacher), steps_to_reach(zero_curve, teacher)
             budget = max(e["env_steps"] for r in zero.values() for e in r["evaluations"])
             claim.update(steps_learned=fast, steps_alpha_0=slow, budget=budget)
             claim["three_times_faster"] = fast < float("inf") and min(slow, budget) >= 3 * fast
-            zero_final = float(np.mean([r["final"]["mean"] for r in zero.values()]))
+            zero_final = mean_final(zero)
             claim.update(
                 alpha_0_final=zero_final,
-                steps_learned_to_alpha_0_final=steps_to_reach(curve(learned), zero_final),
-                steps_alpha_0_to_its_final=steps_to_reach(curve(zero), zero_final),
+                steps_learned_to_alpha_0_final=steps_to_reach(learned_curve, zero_final),
+                steps_alpha_0_to_its_final=steps_to_reach(zero_curve, zero_final),
             )
         out.append(claim)
     return out
@@ -165,14 +171,13 @@ def grid_claims(runs: dict) -> list[dict]:
 def claims_markdown(claims: list[dict]) -> str:
     steps = lambda v: "never" if v == float("inf") else f"{v / 1000:.1f}k"
     verdict = lambda c, k: "–" if k not in c else ("holds" if c[k] else "does not hold")
-    head = (
-        "| task | method | seeds | teacher | learned α final | seeds ≥ teacher | α = 1 final | env steps to "
-    )
-    head += (
-        "the teacher: learned / α = 0 | env steps to α = 0's final return: learned / α = 0 | ends ≥ teacher "
-    )
-    head += "| ends ≥ α = 1 | ≥ 3× faster than α = 0 |"
-    lines = [head, "|---" * 12 + "|"]
+    columns = ["task", "method", "seeds", "teacher", "learned α final", "seeds ≥ teacher", "α = 1 final"]
+    columns += [
+        "env steps to the teacher: learned / α = 0",
+        "env steps to α = 0's final return: learned / α = 0",
+    ]
+    columns += ["ends ≥ teacher", "ends ≥ α = 1", "≥ 3× faster than α = 0"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for c in claims:
         cells = [c["task"], c["method"], str(c["seeds"]), f"{c['teacher']:.1f}"]
         half = c["learned_interval"]
@@ -210,9 +215,7 @@ def plot_grid(runs: dict, path: str) -> dict:
     for col, task in enumerate(tasks):
         for row, method in enumerate(methods):
             ax = axes[row][col]
-            for i, label in enumerate(
-                ["0", "0.25", "0.5", "1", "learned"]
-            ):  # one colour per α in every panel
+            for i, label in enumerate(TRADEOFFS):  # one colour per α in every panel
                 by_seed = runs.get((task, method, label))
                 if not by_seed:
                     continue
