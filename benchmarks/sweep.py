@@ -247,7 +247,7 @@ def cell_command(cell: Cell) -> list[str]:
     command = [sys.executable, os.path.join(ROOT, f"{cell.script}.py"), "--env-id", cell.env_id]
     command += ["--seed", str(cell.seed)] + ([] if cell.alpha is None else ["--alpha", repr(cell.alpha)])
     command += ["--output-dir", cell.directory, "--exp-name", cell.name, *cell.flags]
-    checkpoint = last_checkpoint(cell)
+    checkpoint = None if finished(cell) else last_checkpoint(cell)
     return command + (["--resume", checkpoint] if checkpoint else [])
 
 

@@ -96,6 +96,8 @@ def test_cell_with_checkpoint_and_no_results_is_resumed(tmp_path):
     assert command[command.index("--alpha") + 1] == "0.45" and command[command.index("--seed") + 1] == "1"
     requeued = sweep.CellJob(4).checkpoint(cell)  # what submitit requeues on timeout or preemption
     assert isinstance(requeued.function, sweep.CellJob) and requeued.args == (cell,)
+    open(os.path.join(run_dir, "results.json"), "w").close()  # finished: its command is the plain one
+    assert "--resume" not in sweep.cell_command(cell)
 
 
 def test_local_launcher_reruns_only_failed_and_deleted_cells(tmp_path, monkeypatch, capsys):
