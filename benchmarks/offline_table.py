@@ -233,22 +233,45 @@ def claims_markdown(claims: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cell_text(values: list | None, n_seeds: int, note: str = "") -> str:
+    """'mean ± 95 % interval' of a cell's finished seeds (None: unfinished), '[n seeds]' where fewer than the
+    grid's; '–' for none."""
+    done = [v for v in values or [] if v is not None]
+    if not done:
+        return "–"
+    (mean, half), n = mean_ci95(done), len(done)
+    text = f"{mean:.0f}" + (f" ± {half:.0f}" if half is not None else "") + note
+    return text + (f" [{n} seed{'s' * (n > 1)}]" if n < n_seeds else "")
+
+
 def grid_markdown(summary: dict) -> str:
-    """The table with mean ± 95 % interval (n seeds where fewer than the grid's) and the over-task means."""
+    """The table: per task and column, mean ± 95 % interval over the finished seeds."""
     n_seeds = len(summary["seeds"])
     lines = ["| task | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for task, row in summary["table"].items():
-        cells = []
-        for key, _ in COLUMNS:
-            if key not in row:
-                cells.append("–")
-                continue
-            done = [v for v in row[key] if v is not None]  # the finished seeds
-            (mean, half), n = mean_ci95(done), len(done)
-            text = f"{mean:.0f}" + (f" ± {half:.0f}" if half is not None else "")
-            text += f" (α={row[key + '_alpha']})" if key + "_alpha" in row else ""
-            cells.append(text + (f" [{n} seed{'s' * (n > 1)}]" if n < n_seeds else ""))
+        notes = {key: f" (α={row[key + '_alpha']})" if key + "_alpha" in row else "" for key, _ in COLUMNS}
+        cells = [cell_text(row.get(key), n_seeds, notes[key]) for key, _ in COLUMNS]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# the methods with a return for each α (tables and the α plot), and their labels
+ALPHA_METHODS = {"ls": "LS", "dime_bc": "DiME (BC)", "dime_awbc": "DiME (AWBC)"}
+ALPHA_METHODS.update(multi_bc="DiME (BC) multi", multi_awbc="DiME (AWBC) multi")
+
+
+def alpha_markdown(summary: dict) -> str:
+    """Final return against α per task and method, every α any cell ran (the numbers behind GRID_alpha.png);
+    DiME (BC) at α = 1 is the BC column: the same script."""
+    curves, n_seeds = summary["curves"], len(summary["seeds"])
+    alphas = sorted({a for methods in curves.values() for by_alpha in methods.values() for a in by_alpha})
+    lines = ["| task | method | " + " | ".join(f"α={a:g}" for a in alphas) + " |"]
+    lines.append("|---" * (len(alphas) + 2) + "|")
+    for task, methods in curves.items():
+        for key in (k for k in ALPHA_METHODS if k in methods):
+            by_alpha = {**methods.get("bc", {}), **methods[key]} if key == "dime_bc" else methods[key]
+            cells = [cell_text(by_alpha.get(a), n_seeds) for a in alphas]
+            lines.append(f"| {task} | {ALPHA_METHODS[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -259,6 +282,7 @@ def write_grid_table(opts) -> None:
     summary["claims"] = check_claims(summary)
     text = grid_markdown(summary) + "\n\n" + claims_markdown(summary["claims"])
     text += f"\n\nCells not finished yet: {summary['missing_cells']}."
+    text += "\n\nFinal return against α (mean ± 95 % interval over seeds):\n\n" + alpha_markdown(summary)
     print(text)
     with open(opts.table, "w") as f:
         f.write(
@@ -277,15 +301,13 @@ def plot(summary: dict, path: str) -> None:
 
     tasks = list(summary["curves"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
-    labels = {"ls": "LS", "dime_bc": "DiME (BC)", "dime_awbc": "DiME (AWBC)", "multi_bc": "DiME (BC) multi"}
-    labels["multi_awbc"] = "DiME (AWBC) multi"
     for ax, task in zip(axes[0], tasks):
-        for key, label in labels.items():
+        for key, label in ALPHA_METHODS.items():
             by_alpha = summary["curves"][task].get(key)
             if by_alpha:
                 alphas = sorted(by_alpha)
                 style = "--" if key.startswith("multi") else "-"
-                color = f"C{list(labels).index(key)}"  # the same colour for a method in every panel
+                color = f"C{list(ALPHA_METHODS).index(key)}"  # the same colour for a method in every panel
                 means = [np.mean(by_alpha[a]) for a in alphas]
                 ax.plot(alphas, means, style, marker="o", ms=3, color=color, label=label)
         if "bc" in summary["curves"][task]:

@@ -227,6 +227,11 @@ def test_offline_table_of_a_grid_tabulates_finished_cells_and_checks_claims(tmp_
     assert "holds" not in claims["best α: LS < DiME (BC)"]  # task b has no best α yet
     text = offline_table.claims_markdown(list(claims.values()))
     assert "| BC < LS α=.3 | +20.0 ± 0.0 | 3 | holds |" in text
+    rows = offline_table.alpha_markdown(summary).splitlines()  # every α any cell ran; BC is DiME (BC) at 1
+    assert rows[0] == "| task | method | α=0.3 | α=0.45 | α=0.9 | α=1 |"
+    assert "| a_run | DiME (BC) | – | 170 ± 25 | 200 ± 25 | 120 ± 25 |" in rows
+    assert "| b_run | DiME (BC) | – | 210 ± 25 | 235 ± 64 [2 seeds] | 160 ± 25 |" in rows
+    assert "| b_run | LS | 180 ± 25 | – | – | – |" in rows
 
 
 def test_finetune_curves_of_a_grid_checks_the_learned_alpha_claims(tmp_path):
