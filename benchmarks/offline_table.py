@@ -106,6 +106,11 @@ def summarise(opts) -> dict:
     return {"table": table, "curves": curves, "wall_time_s": {k: float(np.mean(v)) for k, v in wall.items()}}
 
 
+def header(titles: list[str]) -> list[str]:
+    """A markdown table's first two lines."""
+    return ["| " + " | ".join(titles) + " |", "|---" * len(titles) + "|"]
+
+
 COLUMNS = [
     ("bc", "BC"),
     ("ls", "LS α=.3"),
@@ -121,7 +126,7 @@ COLUMNS = [
 
 def markdown(summary: dict) -> str:
     table = summary["table"]
-    lines = ["| task | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = header(["task", *(c for _, c in COLUMNS)])
     means = {k: [] for k, _ in COLUMNS}
     for task, row in table.items():
         cells = []
@@ -247,7 +252,7 @@ def cell_text(values: list | None, n_seeds: int, note: str = "") -> str:
 def grid_markdown(summary: dict) -> str:
     """The table: per task and column, mean ± 95 % interval over the finished seeds."""
     n_seeds = len(summary["seeds"])
-    lines = ["| task | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = header(["task", *(c for _, c in COLUMNS)])
     for task, row in summary["table"].items():
         notes = {key: f" (α={row[key + '_alpha']})" if key + "_alpha" in row else "" for key, _ in COLUMNS}
         cells = [cell_text(row.get(key), n_seeds, notes[key]) for key, _ in COLUMNS]
@@ -256,8 +261,13 @@ def grid_markdown(summary: dict) -> str:
 
 
 # the methods with a return for each α (tables and the α plot), and their labels
-ALPHA_METHODS = {"ls": "LS", "dime_bc": "DiME (BC)", "dime_awbc": "DiME (AWBC)"}
-ALPHA_METHODS.update(multi_bc="DiME (BC) multi", multi_awbc="DiME (AWBC) multi")
+ALPHA_METHODS = {
+    "ls": "LS",
+    "dime_bc": "DiME (BC)",
+    "dime_awbc": "DiME (AWBC)",
+    "multi_bc": "DiME (BC) multi",
+    "multi_awbc": "DiME (AWBC) multi",
+}
 
 
 def alpha_markdown(summary: dict) -> str:
@@ -265,8 +275,7 @@ def alpha_markdown(summary: dict) -> str:
     DiME (BC) at α = 1 is the BC column: the same script."""
     curves, n_seeds = summary["curves"], len(summary["seeds"])
     alphas = sorted({a for methods in curves.values() for by_alpha in methods.values() for a in by_alpha})
-    lines = ["| task | method | " + " | ".join(f"α={a:g}" for a in alphas) + " |"]
-    lines.append("|---" * (len(alphas) + 2) + "|")
+    lines = header(["task", "method", *(f"α={a:g}" for a in alphas)])
     for task, methods in curves.items():
         for key in (k for k in ALPHA_METHODS if k in methods):
             by_alpha = {**methods.get("bc", {}), **methods[key]} if key == "dime_bc" else methods[key]
