@@ -207,7 +207,8 @@ CLAIMS = [  # (left, right, factor): "left < factor·right" is the claim ("≥" 
 def check_claims(summary: dict) -> list[dict]:
     """Each claim on the same-seed difference right - factor·left, averaged over tasks: mean and 95 % interval
     over seeds; 'holds' when the mean is ≥ 0 (for the multi claims) or > 0, 'separated' when the interval
-    excludes 0. Needs both columns finished on every task for the seed, else 'not yet'."""
+    excludes 0. Needs both columns finished on every task for the seed, else 'not yet' with what it waits for
+    (a best-α column needs every α of the grid at every seed)."""
     table, out = summary["table"], []
     for left, right, factor, text in CLAIMS:
         diffs = []
@@ -216,6 +217,8 @@ def check_claims(summary: dict) -> list[dict]:
             if pairs and all(a and b and a[i] is not None and b[i] is not None for a, b in pairs):
                 diffs.append(float(np.mean([b[i] - factor * a[i] for a, b in pairs])))
         claim = {"claim": text, "seeds": len(diffs), "tasks": sorted(table)}
+        best = left.endswith("_best") or right.endswith("_best")
+        claim["needs"] = "every α of the grid at every seed" if best else "2 seeds"
         if len(diffs) >= 2:
             mean, half = mean_ci95(diffs)
             holds = mean >= 0 if factor != 1.0 else mean > 0
@@ -225,13 +228,11 @@ def check_claims(summary: dict) -> list[dict]:
 
 
 def claims_markdown(claims: list[dict]) -> str:
-    lines = ["| claim (mean over tasks, same-seed difference) | difference ± 95 % | seeds | verdict |"]
-    lines.append("|---|---|---|---|")
+    lines = header(["claim (mean over tasks, same-seed difference)", "difference ± 95 %", "seeds", "verdict"])
     for c in claims:
         if "holds" not in c:
-            best = "best" in c["claim"] or "multi" in c["claim"]  # a best-α column: every α at every seed
-            why = "every α of the grid at every seed" if best else "2 seeds"
-            lines.append(f"| {c['claim']} | – | {c['seeds']} | not yet (needs, on every task, {why}) |")
+            verdict = f"not yet (needs, on every task, {c['needs']})"
+            lines.append(f"| {c['claim']} | – | {c['seeds']} | {verdict} |")
             continue
         verdict = ("holds" if c["holds"] else "does not hold") + ("" if c["separated"] else " (within noise)")
         lines.append(
