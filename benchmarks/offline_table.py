@@ -204,11 +204,19 @@ CLAIMS = [  # (left, right, factor): "left < factor·right" is the claim ("≥" 
 ]
 
 
+def unfinished(table: dict, key: str) -> str:
+    """'<column> on <tasks>' for the tasks where a claim's column has fewer than 2 finished seeds ('' if
+    none); a best-α column is finished once every α of the grid has every seed."""
+    tasks = [t for t, row in table.items() if sum(v is not None for v in row.get(key) or []) < 2]
+    name = dict(COLUMNS)[key] + (" (every α at every seed)" if key.endswith("_best") else "")
+    return f"{name} on {', '.join(tasks)}" if tasks else ""
+
+
 def check_claims(summary: dict) -> list[dict]:
     """Each claim on the same-seed difference right - factor·left, averaged over tasks: mean and 95 % interval
     over seeds; 'holds' when the mean is ≥ 0 (for the multi claims) or > 0, 'separated' when the interval
-    excludes 0. Needs both columns finished on every task for the seed, else 'not yet' with what it waits for
-    (a best-α column needs every α of the grid at every seed)."""
+    excludes 0. Needs both columns finished on every task for 2 seeds, else 'not yet' with the columns and
+    tasks it waits for."""
     table, out = summary["table"], []
     for left, right, factor, text in CLAIMS:
         diffs = []
@@ -217,8 +225,8 @@ def check_claims(summary: dict) -> list[dict]:
             if pairs and all(a and b and a[i] is not None and b[i] is not None for a, b in pairs):
                 diffs.append(float(np.mean([b[i] - factor * a[i] for a, b in pairs])))
         claim = {"claim": text, "seeds": len(diffs), "tasks": sorted(table)}
-        best = left.endswith("_best") or right.endswith("_best")
-        claim["needs"] = "every α of the grid at every seed" if best else "2 seeds"
+        waits = "; ".join(unfinished(table, key) for key in (left, right) if unfinished(table, key))
+        claim["needs"] = waits or "the same 2 seeds of both columns on every task"
         if len(diffs) >= 2:
             mean, half = mean_ci95(diffs)
             holds = mean >= 0 if factor != 1.0 else mean > 0
@@ -231,7 +239,7 @@ def claims_markdown(claims: list[dict]) -> str:
     lines = header(["claim (mean over tasks, same-seed difference)", "difference ± 95 %", "seeds", "verdict"])
     for c in claims:
         if "holds" not in c:
-            verdict = f"not yet (needs, on every task, {c['needs']})"
+            verdict = f"not yet (waits for {c['needs']})"
             lines.append(f"| {c['claim']} | – | {c['seeds']} | {verdict} |")
             continue
         verdict = ("holds" if c["holds"] else "does not hold") + ("" if c["separated"] else " (within noise)")

@@ -225,6 +225,7 @@ def test_offline_table_of_a_grid_tabulates_finished_cells_and_checks_claims(tmp_
     assert bc_ls["difference"] == pytest.approx(20.0) and bc_ls["interval"] == pytest.approx(0.0)
     assert bc_ls["holds"] and bc_ls["separated"] and bc_ls["seeds"] == 3
     assert "holds" not in claims["best α: LS < DiME (BC)"]  # task b has no best α yet
+    assert claims["best α: LS < DiME (BC)"]["needs"] == "DiME (BC) best α (every α at every seed) on b_run"
     text = offline_table.claims_markdown(list(claims.values()))
     assert "| BC < LS α=.3 | +20.0 ± 0.0 | 3 | holds |" in text
     rows = offline_table.alpha_markdown(summary).splitlines()  # every α any cell ran; BC is DiME (BC) at 1
