@@ -225,7 +225,7 @@ def check_claims(summary: dict) -> list[dict]:
             if pairs and all(a and b and a[i] is not None and b[i] is not None for a, b in pairs):
                 diffs.append(float(np.mean([b[i] - factor * a[i] for a, b in pairs])))
         claim = {"claim": text, "seeds": len(diffs), "tasks": sorted(table)}
-        waits = "; ".join(unfinished(table, key) for key in (left, right) if unfinished(table, key))
+        waits = "; ".join(filter(None, (unfinished(table, key) for key in (left, right))))
         claim["needs"] = waits or "the same 2 seeds of both columns on every task"
         if len(diffs) >= 2:
             mean, half = mean_ci95(diffs)
