@@ -161,9 +161,10 @@ def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
         fail(f"training diverged by learner step {step} (parameters not finite); {kept}; lower --lr")
 
 
-def check_device(args: Args) -> torch.device:
-    """The training device, with a notice on a CPU; --bf16 is refused on a GPU without bfloat16 and slower
-    than fp32 (notice) on a CPU without native bfloat16 matmuls (avx512_bf16 or AMX)."""
+def check_device(args: Args) -> tuple[torch.device, Args]:
+    """The training device, with a notice on a CPU, and the args with the precision used: --bf16 is refused on
+    a GPU without bfloat16 and dropped (notice) on a CPU without native bfloat16 matmuls (avx512_bf16 or AMX),
+    where it would run several times slower than fp32."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
@@ -173,8 +174,9 @@ def check_device(args: Args) -> torch.device:
         fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     if args.bf16 and device.type == "cpu" and not native:
-        print("notice: this CPU has no native bfloat16 matmuls; --bf16 runs slower than fp32")
-    return device
+        print("notice: no native bfloat16 matmuls on this CPU (avx512_bf16, AMX): --bf16 off, fp32 is faster")
+        args = dataclasses.replace(args, bf16=False)
+    return device, args
 
 
 def check_args(args: Args) -> None:
@@ -253,6 +255,13 @@ def layer_norm_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def fp32_linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """An output layer in fp32 under --bf16 autocast: the policy's mean and stddev, the critic's logits feed
+    the trust region's KLs and the E-step, which bfloat16's 8-bit mantissa would fill with rounding noise."""
+    with torch.autocast(h.device.type, enabled=False):
+        return layer(h.float())
+
+
 class Policy(nn.Module):
     """Diagonal Gaussian π(a|s): linear mean (no tanh), stddev = softplus(·)·0.7/softplus(0) + 1e-6."""
 
@@ -266,9 +275,9 @@ class Policy(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.torso(obs)  # bfloat16 under --bf16 autocast: the heads' outputs are cast to fp32
-        stddev = F.softplus(self.stddev(h).float()) * (POLICY_INIT_SCALE / math.log(2.0)) + POLICY_MIN_SCALE
-        return self.mean(h).float(), stddev
+        h = self.torso(obs)  # bfloat16 under --bf16 autocast; the heads run in fp32
+        stddev = F.softplus(fp32_linear(self.stddev, h)) * (POLICY_INIT_SCALE / math.log(2.0))
+        return fp32_linear(self.mean, h), stddev + POLICY_MIN_SCALE
 
 
 class Critic(nn.Module):
@@ -281,7 +290,7 @@ class Critic(nn.Module):
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs.expand(*actions.shape[:-1], -1), actions.clamp(-1.0, 1.0)], -1)
-        return self.head(self.torso(x)).float()  # [..., I], fp32 under --bf16 autocast
+        return fp32_linear(self.head, self.torso(x))  # [..., I], fp32 under --bf16 autocast
 
 
 class Agent(nn.Module):
@@ -527,7 +536,8 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms,
             next_pmfs = agent.target_critic(states, sampled).softmax(-1)  # [N, B, I]
             target_pmfs = c51_target(next_pmfs, returns, discounts, atoms)
             q_task = (next_pmfs * atoms).sum(-1)  # [N, B]
-            teacher_mean, teacher_stddev = (x.float() for x in teacher(states))  # fp32 under --bf16
+            with torch.autocast(states.device.type, enabled=False):  # π_b in fp32 under --bf16, as the heads
+                teacher_mean, teacher_stddev = teacher(states)
             log_ratio = gaussian_log_prob(sampled, teacher_mean, teacher_stddev) - gaussian_log_prob(
                 sampled, target_mean, target_stddev
             )  # log π_b(a|s) - log π_i(a|s): the teacher objective's "Q" (eq. 6-8)
@@ -591,7 +601,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = check_device(args)
+    device, args = check_device(args)
     gen = torch.Generator(device).manual_seed(args.seed)
     envs = make_envs(args.env_id, args.num_envs)
     (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
@@ -744,6 +754,7 @@ def write_results(args: Args, state: TrainState, run_dir: str) -> dict:
     results.update(return_threshold=args.return_threshold, learner_steps=state.learner_steps)
     results.update(env_steps=state.env_steps, wall_time_s=state.wall_time, args=dataclasses.asdict(args))
     results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
+    results["precision"] = "bf16 autocast, fp32 heads" if args.bf16 else "fp32"  # after check_device
     write_json(os.path.join(run_dir, "results.json"), results)
     env_steps = [e["env_steps"] for e in evals]
     fig, (ax, ax_alpha) = plt.subplots(2, 1, figsize=(5, 5), sharex=True, height_ratios=(3, 1))

@@ -34,6 +34,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -769,7 +770,21 @@ def load_zoo(
 
 # ------------------------------------------------------------------------------------------ dispatcher
 def load_dataset(spec: str, env_id: str | None = None, seed: int = 0) -> Dataset:
-    """`--dataset` → Dataset: 'zoo', an .hdf5/.h5 file, a Minari id or directory, or RL Unplugged shards."""
+    """`--dataset` → Dataset: 'zoo', an .hdf5/.h5 file, a Minari id or directory, or RL Unplugged shards;
+    any of them followed by `:reward_scale=c` has every reward multiplied by c (c > 0)."""
+    base, marker, scale = spec.rpartition(":reward_scale=")
+    if marker:
+        try:
+            c = float(scale)
+        except ValueError:
+            c = math.nan
+        if not c > 0 or math.isinf(c):
+            raise DatasetError(
+                f"--dataset {spec}: reward_scale must be a positive number, e.g. {base}:reward_scale=10"
+            )
+        ds = load_dataset(base, env_id, seed)
+        ds.rewards, ds.source = ds.rewards * np.float32(c), f"{ds.source}:reward_scale={scale}"
+        return ds
     if spec == "zoo":
         if env_id is None:
             raise DatasetError("the zoo dataset needs an env id; pass --env-id")
