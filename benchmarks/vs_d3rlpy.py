@@ -169,18 +169,59 @@ def ours_worker(script: str, dataset: str, steps: int, warmup: int, bf16: bool, 
     for _ in range(steps):
         stats = module.learner_step(agent, optimizers, data, atoms, args, gen)
     stats["loss"].item()
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    return seconds, step_flops(lambda: module.learner_step(agent, optimizers, data, atoms, args, gen))
 
 
-def measure(python: str, worker: list[str], opts, threads: int) -> float:
-    """Run one worker process and return its seconds per step."""
+def step_flops(step) -> int:
+    """Floating-point operations of the matmuls (and convolutions) in one call of `step`, forward and
+    backward, as torch's FlopCounterMode counts them: what the matmul floor divides by the peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def peak_worker(dtype: str, size: int = 2048, repeats: int = 10) -> float:
+    """The machine's matmul throughput here and now: GFLOP/s of the best of `repeats` size² matmuls."""
+    import torch
+
+    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def cpu_description() -> str:
+    """The CPU's model name, whether it multiplies bfloat16 natively (avx512_bf16 or AMX), and the flags that
+    decide matmul speed."""
+    import torch
+
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), ""
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), []
+    )
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    bf16 = "native" if native else "NOT native"
+    return f"{model or 'unknown CPU'} ({' '.join(simd)}); bfloat16 matmuls {bf16}"
+
+
+def measure(python: str, worker: list[str], opts, threads: int) -> dict:
+    """Run one worker process and return what it printed: seconds per step (and matmul FLOPs per step)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [python, os.path.abspath(__file__), "--worker", *worker, "--dataset", opts.dataset]
     command += ["--steps", str(opts.steps), "--warmup", str(opts.warmup)]
     out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         sys.exit(f"error: {' '.join(worker)} failed:\n{out.stderr.strip()[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_step"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def default_dataset() -> str:
@@ -425,13 +466,15 @@ def main() -> None:
         return d3rlpy_train_worker(opts.dataset, opts.steps, opts.eval_every, opts.seed, opts.cell)
     if opts.worker:  # inside a measurement process
         kind, *modes = opts.worker
-        if kind == "d3rlpy":
-            sec = d3rlpy_worker(opts.dataset, opts.steps, opts.warmup)
+        if kind == "peak":
+            print(json.dumps({"gflops": peak_worker(modes[0])}))
+        elif kind == "d3rlpy":
+            print(json.dumps({"seconds_per_step": d3rlpy_worker(opts.dataset, opts.steps, opts.warmup)}))
         else:
-            sec = ours_worker(
+            sec, flops = ours_worker(
                 kind, opts.dataset, opts.steps, opts.warmup, "bf16" in modes, "compile" in modes
             )
-        print(json.dumps({"seconds_per_step": sec}))
+            print(json.dumps({"seconds_per_step": sec, "flops_per_step": flops}))
         return
     if not os.path.exists(opts.d3rlpy_python) and not opts.summary:
         sys.exit(f"error: no d3rlpy interpreter at {opts.d3rlpy_python}; make one (benchmarks/README.md)")
@@ -452,28 +495,42 @@ def main() -> None:
         for mode in opts.modes:
             worker = [script, *mode.split("-")]
             configs.append((f"{script} {mode}", (sys.executable, worker)))
-    best = {name: float("inf") for name, _ in configs}
+    best, flops = {name: float("inf") for name, _ in configs}, {}
+    peak = {"float32": 0.0, "bfloat16": 0.0}  # GFLOP/s, measured between the rounds: the same machine load
     for r in range(opts.rounds):
+        for dtype in peak:
+            peak[dtype] = max(
+                peak[dtype], measure(sys.executable, ["peak", dtype], opts, opts.threads)["gflops"]
+            )
         for name, (python, worker) in configs:
-            sec = measure(python, worker, opts, opts.threads)
-            best[name] = min(best[name], sec)
-            print(f"round {r + 1}: {name:<20} {sec * 1e3:7.1f} ms/step", file=sys.stderr, flush=True)
-    reference = best["d3rlpy"]
-    print(
-        f"dataset {opts.dataset}; {opts.threads} threads; best of {opts.rounds} rounds × {opts.steps} steps"
-    )
-    print(f"{'learner':<22}{'N':>3}{'critic':>8}{'ms/step':>9}{'steps/s':>9}{'ratio':>7}")
+            out = measure(python, worker, opts, opts.threads)
+            best[name], flops[name] = min(best[name], out["seconds_per_step"]), out.get("flops_per_step")
+            print(f"round {r + 1}: {name:<20} {out['seconds_per_step'] * 1e3:7.1f} ms/step", file=sys.stderr)
+    reference, cpu = best["d3rlpy"], cpu_description()
+    print(f"CPU: {cpu}; {opts.threads} threads")
+    fp32, bf16 = (f"{peak[k]:.0f} GFLOP/s" for k in ("float32", "bfloat16"))
+    print(f"matmul peak (2048², best over rounds): fp32 {fp32}, bf16 {bf16}")
+    print(f"dataset {opts.dataset}; best of {opts.rounds} rounds × {opts.steps} steps")
+    header = f"{'learner':<22}{'N':>3}{'critic':>8}{'ms/step':>9}{'steps/s':>9}{'ratio':>7}"
+    print(header + f"{'GFLOP':>7}{'floor ms':>9}{'/floor':>7}")
     rows = []
     for name, _ in configs:
         n, critic = (D3RLPY_SAMPLES, "scalar") if name == "d3rlpy" else (20, "C51")
-        ratio = reference / best[name]
-        print(f"{name:<22}{n:>3}{critic:>8}{best[name] * 1e3:>9.1f}{1 / best[name]:>9.1f}{ratio:>7.2f}")
-        rows.append(
-            dict(learner=name, num_samples=n, critic=critic, ms_per_step=best[name] * 1e3, ratio=ratio)
-        )
+        ratio, row = reference / best[name], f"{name:<22}{n:>3}{critic:>8}{best[name] * 1e3:>9.1f}"
+        row += f"{1 / best[name]:>9.1f}{ratio:>7.2f}"
+        record = dict(learner=name, num_samples=n, critic=critic, ms_per_step=best[name] * 1e3, ratio=ratio)
+        if flops.get(name):  # the matmul floor: the step's FLOPs at the peak of its precision
+            floor = flops[name] / (peak["bfloat16" if "bf16" in name else "float32"] * 1e9)
+            row += f"{flops[name] / 1e9:>7.2f}{floor * 1e3:>9.1f}{best[name] / floor:>7.2f}"
+            record.update(
+                gflop_per_step=flops[name] / 1e9, floor_ms=floor * 1e3, over_floor=best[name] / floor
+            )
+        print(row)
+        rows.append(record)
     if opts.out:
         with open(opts.out, "w") as f:
-            json.dump({"dataset": opts.dataset, "threads": opts.threads, "rows": rows}, f, indent=1)
+            report = {"dataset": opts.dataset, "threads": opts.threads, "cpu": cpu, "peak_gflops": peak}
+            json.dump({**report, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

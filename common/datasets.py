@@ -690,10 +690,20 @@ def rollout_chunk(env_id: str, ids: list[int], behaviour: list[int], seed: int, 
     return [{k: np.asarray(v) for k, v in episode.items()} for episode in steps]
 
 
-def single_thread_worker() -> None:
+def single_thread_worker(parent: int) -> None:
+    """A build worker: one torch thread; it ends when its parent does (even by SIGKILL)."""
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
 
 
 def build_zoo_dataset(
@@ -736,10 +746,16 @@ def build_zoo_dataset(
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # no forked torch/MuJoCo state
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=single_thread_worker) as pool:
+        init = dict(initializer=single_thread_worker, initargs=(os.getpid(),))
+        pool = ProcessPoolExecutor(workers, mp_context=context, **init)
+        try:
             for job, result in zip(jobs, pool.map(rollout_chunk, *zip(*jobs))):
                 rows += result
                 bar.update(len(job[1]))
+        finally:  # also on an error or a stop signal: no worker outlives the build
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in multiprocessing.active_children():
+                process.terminate()
     bar.close()
     columns = {k: [episode[k] for episode in rows] for k in rows[0]}
     columns["timeouts"] = [truncated_at_last_row(t) for t in columns["terminals"]]

@@ -9,6 +9,7 @@ in norm (cosine ≥ 0.99). Weights, optimiser states, losses, the softmax and th
 import copy
 import dataclasses
 import importlib
+import math
 
 import pytest
 import torch
@@ -18,8 +19,8 @@ OFFLINE = ["dime_bc", "dime_awbc", "crr_ls", "dime_multi"]
 SMALL = dict(hidden_sizes=(64, 64), batch_size=32, num_samples=8, v_min=-10.0, v_max=10.0)
 
 
-def offline_setup(script: str):
-    module = importlib.import_module(script)
+def offline_setup(script: str, module=None):
+    module = module or importlib.import_module(script)
     args = module.Args(**({} if script == "dime_multi" else {"alpha": 0.5}), **SMALL)
     size, obs_dim = 200, 3 + (script == "dime_multi")  # dime_multi's networks also take α
     g = torch.Generator().manual_seed(0)
@@ -38,8 +39,8 @@ def offline_setup(script: str):
     return module, args, agent, step
 
 
-def online_setup(script: str):
-    module = importlib.import_module(script)
+def online_setup(script: str, module=None):
+    module = module or importlib.import_module(script)
     args = module.Args(env_id="cartpole_swingup", alpha=0.5, **SMALL)
     g = torch.Generator().manual_seed(0)
     if script == "dime_morl":
@@ -101,12 +102,13 @@ def test_bf16_learner_step_matches_fp32(script):
 
 @pytest.mark.parametrize("script", [*OFFLINE, "dime_finetune", "dime_morl"])
 def test_bf16_without_hardware_support(script, monkeypatch, capsys):
-    """A GPU without bfloat16 is refused in one line; a CPU without native bfloat16 gets a notice."""
+    """A GPU without bfloat16 is refused in one line; a CPU without native bfloat16 trains in fp32 (the
+    args the run records say so) with a one-line notice; a CPU with it keeps --bf16 silently."""
     module = importlib.import_module(script)
 
-    def check(device_type: str) -> None:  # the script's device check under --bf16, on a GPU or a CPU
+    def check(device_type: str):  # the script's device check under --bf16, on a GPU or a CPU
         monkeypatch.setattr(torch.cuda, "is_available", lambda: device_type == "cuda")
-        module.check_device(module.Args(bf16=True, hidden_sizes=(8,)))
+        return module.check_device(module.Args(bf16=True, hidden_sizes=(8,)))[1]
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(SystemExit) as exit_info:
@@ -114,8 +116,50 @@ def test_bf16_without_hardware_support(script, monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--bf16" in err[0] and "drop --bf16" in err[0]
-    check("cpu")  # this machine's CPU: native or not, never an error
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # a CPU with avx512_bf16
+    assert check("cpu").bf16 and "bfloat16" not in capsys.readouterr().out
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    check("cpu")
-    assert "no native bfloat16" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # an AVX2 laptop: fp32 instead
+    assert not check("cpu").bf16
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "bfloat16" in x]
+    assert "no native bfloat16" in line and "--bf16 off" in line
+
+
+@pytest.mark.parametrize("script", [*OFFLINE, "dime_finetune", "dime_morl"])
+def test_bf16_heads_keep_the_trust_region_and_q_at_fp32_precision(script):
+    """The M-step's KLs between an online policy that drifted 1e-5 from its target, at a small stddev (0.02),
+    and the critic's Q: under --bf16 they agree with fp32 far below the bounds and the advantages they are
+    compared with, because the heads run in fp32. Rounding the heads' outputs to bfloat16 instead gives
+    KL_μ ~6e-4 and KL_σ ~8e-7 of noise here, above ε_μ/10 and ε_σ/10 (dime_morl's ε_σ is 1e-7)."""
+    module = importlib.import_module(script)
+    torch.manual_seed(0)
+    hidden = (256, 256, 256)
+    target = module.Policy(17, 6, hidden)
+    with torch.no_grad():  # a trained-looking policy: means spread over [-0.5, 0.5], stddev ≈ 0.02
+        target.mean.weight.normal_(0.0, 0.5 / 16)
+        target.mean.bias.uniform_(-0.5, 0.5)
+        target.stddev.weight.normal_(0.0, 0.05 / 16)
+        target.stddev.bias.fill_(math.log(math.expm1(0.02 * math.log(2.0) / 0.7)))  # softplus⁻¹
+    online = copy.deepcopy(target)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn_like(p) * 1e-5)
+    obs, actions = torch.randn(512, 17), torch.rand(512, 6) * 2 - 1
+    critic = module.Critic(23, 1, 101, hidden) if script == "dime_morl" else module.Critic(23, 101, hidden)
+    with torch.no_grad():
+        critic.head.weight.normal_(0.0, 1.0 / 16)  # logits of unit spread
+    atoms = torch.linspace(-150.0, 150.0, 101)
+
+    def kls_and_q(bf16: bool):
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            (tm, ts), (m, s) = target(obs), online(obs)
+            q = (critic(obs, actions).reshape(512, 101).softmax(-1) * atoms).sum(-1)
+        assert tm.dtype == s.dtype == q.dtype == torch.float32
+        return module.gaussian_kl(tm, ts, m, ts).mean(), module.gaussian_kl(tm, ts, tm, s).mean(), q
+
+    (kl_mean, kl_stddev, q), (kl_mean16, kl_stddev16, q16) = kls_and_q(False), kls_and_q(True)
+    args = module.Args()
+    epsilon_mean = args.epsilon_mean or 0.0025  # dime_morl's ε_μ defaults per task
+    assert (kl_mean16 - kl_mean).abs() < epsilon_mean / 10
+    assert (kl_stddev16 - kl_stddev).abs() < args.epsilon_stddev / 10
+    assert (q16 - q).abs().max() < 0.1 and (q16 - q).std() < 0.02  # advantages: std ~0.5 on the zoo data

@@ -147,6 +147,23 @@ def test_project_hdf5_round_trip(tmp_path):
     assert (back.env_id, back.obs_keys) == ("cheetah_run", [["a", 1], ["b", 2]])
 
 
+def test_reward_scale_multiplies_every_reward_and_names_itself(tmp_path):
+    """`<spec>:reward_scale=c` is the dataset `spec` with every reward times c (nothing else changed), and its
+    source says so; a scale that is not a positive finite number is refused with the fix."""
+    rng = np.random.default_rng(3)
+    ds = datasets.make_dataset(*(rng.normal(size=s) for s in ((6, 3), (6, 2), 6, (6, 3))), [0] * 6, [0] * 6)
+    path = str(tmp_path / "d.hdf5")
+    datasets.save_hdf5(ds, path)
+    plain, scaled = datasets.load_dataset(path), datasets.load_dataset(f"{path}:reward_scale=10")
+    np.testing.assert_allclose(scaled.rewards, 10 * plain.rewards, rtol=1e-6)
+    for key in ("observations", "actions", "next_observations", "terminals", "timeouts"):
+        np.testing.assert_array_equal(getattr(scaled, key), getattr(plain, key))
+    assert scaled.source == f"{plain.source}:reward_scale=10"
+    for bad in ("0", "-1", "inf", "nan", "ten", ""):
+        with pytest.raises(DatasetError, match="reward_scale.*positive number"):
+            datasets.load_dataset(f"{path}:reward_scale={bad}")
+
+
 # ---------------------------------------------------------------------------------------------- Minari
 def write_minari(directory, episodes: list[dict]) -> None:
     os.makedirs(directory / "data")

@@ -2,6 +2,8 @@
 
 - SIGKILL at a random point after a checkpoint, then `--resume`: the same results.json as an uninterrupted
   run (timing keys aside); the checkpoint left behind always loads;
+- SIGINT or SIGTERM at a random point: a checkpoint of that point, one line with the resume command, and
+  the resumed run's results.json equals an uninterrupted run's;
 - a crash while a checkpoint is being written leaves the previous checkpoint.pt in place, byte for byte;
 - a NaN loss stops training with one "error:" line and keeps the last good checkpoint unchanged;
 - the same seed gives the same results.json.
@@ -121,6 +123,56 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(
     resumed, uninterrupted = results_of(killed_dir), results_of(tmp_path / "whole")
     assert resumed["args"]["resume"] == checkpoint and uninterrupted["args"]["resume"] is None
     assert comparable(resumed) == comparable(uninterrupted)
+
+
+# Stopped at a random point by SIGINT or SIGTERM, with no periodic checkpoints: the stop writes its own.
+STOP = {"offline": "--total-steps 3000 --checkpoint-every 0 --eval-every 1000 --log-every 7"}
+STOP["online"] = f"{ONLINE} --total-env-steps 3000 --checkpoint-every 0 --eval-every 40 --log-every 7"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_stop_signal_checkpoints_and_resume_equals_an_uninterrupted_run(
+    script, dataset, tmp_path, script_runner
+):
+    """Ctrl-C (SIGINT) or `kill` (SIGTERM) 0-1.5 s after the run directory appears, wherever the run is then
+    (the first evaluation, a learner step, between logs): exit code 128 + signal, one line on stderr naming
+    the --resume command, and resuming it ends exactly where an uninterrupted run ends."""
+    rng = random.Random(f"stop {script}")
+    signum = rng.choice([signal.SIGINT, signal.SIGTERM])
+    command, stopped_dir = flags(script, dataset, STOP), tmp_path / "stopped"
+    whole = script_runner.start(
+        script, [*command, "--output-dir", tmp_path / "whole"], logs(tmp_path, "whole")
+    )
+    log = logs(tmp_path, "stopped")
+    stopped = script_runner.start(script, [*command, "--output-dir", stopped_dir], log)
+    wait_for(os.path.join(stopped_dir, "*", "args.json"))
+    time.sleep(rng.uniform(0.0, 1.5))
+    os.kill(stopped, signum)
+    assert script_runner.wait(stopped) == 128 + signum, "the run ended before the signal: lengthen it"
+    err = open(os.path.join(log, "stderr")).read().strip().splitlines()
+    assert len(err) == 1 and signal.Signals(signum).name in err[0], err
+    checkpoint = err[0].split(" --resume ")[1]
+    assert checkpoint == wait_for(os.path.join(stopped_dir, "*", "checkpoint.pt"))
+    returncode, stderr = script_runner.run(script, ["--resume", checkpoint], logs(tmp_path, "resumed"))
+    assert returncode == 0, stderr
+    assert script_runner.wait(whole) == 0, open(tmp_path / "logs" / "whole" / "stderr").read()
+    assert comparable(results_of(stopped_dir)) == comparable(results_of(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_stop_signal_before_training_exits_at_once_in_one_line(script, capsys):
+    module = importlib.import_module(script)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = module.StopSignals()
+        assert signal.getsignal(signal.SIGTERM) == stop.handle
+        with pytest.raises(SystemExit) as exit_info:
+            stop.handle(signal.SIGTERM, None)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "SIGTERM: stopped at once; nothing to resume\n"
 
 
 class SimulatedCrash(Exception):
