@@ -28,6 +28,7 @@ policies: many different actions at the same states) or ENV:PATH (an HDF5 file).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -135,7 +136,9 @@ def d3rlpy_diagnostics(algo, dataset: str, rows: int = 4096) -> dict:
     }
 
 
-def ours_worker(script: str, dataset: str, steps: int, warmup: int, bf16: bool, compile: bool) -> float:
+def ours_worker(
+    script: str, dataset: str, steps: int, warmup: int, bf16: bool, compile: bool, nonnative: bool = False
+) -> tuple[float, int]:
     """Seconds per learner step of one of our scripts (CPU preset, N = 20): the offline ones on `dataset`,
     the online ones on a full replay of random transitions of the same sizes (benchmarks/speed.py)."""
     import importlib
@@ -150,11 +153,14 @@ def ours_worker(script: str, dataset: str, steps: int, warmup: int, bf16: bool, 
 
     if script in speed.ONLINE:
         timer = speed.time_morl_learner if script == "dime_morl" else speed.time_finetune_learner
-        return timer("cpu", torch.device("cpu"), steps, 20, compile, bf16)
+        return timer("cpu", torch.device("cpu"), steps, 20, compile, bf16), None  # FLOPs: not counted
 
     module = importlib.import_module(script)
     tradeoff = {} if script == "dime_multi" else {"alpha": 0.5}
     args = module.Args(**tradeoff, hidden_sizes=HIDDEN, batch_size=BATCH, num_samples=20, bf16=bf16)
+    if nonnative:  # as on a CPU without avx512_bf16 or AMX, whatever this one has
+        torch.cpu._is_avx512_bf16_supported = torch.cpu._is_amx_tile_supported = lambda: False
+    args = module.check_device(dataclasses.replace(args, cuda=False))[1]  # as main(): allocator, --bf16 check
     ds = load_hdf5(dataset)
     data = {k: torch.as_tensor(v) for k, v in nstep_transitions(ds, args.n_step, args.gamma).items()}
     agent = module.Agent(ds.observations.shape[1], ds.actions.shape[1], args)
@@ -434,8 +440,14 @@ def main() -> None:
     parser.add_argument("--dataset", help="project/D4RL HDF5 file (default: the zoo cheetah_run dataset)")
     scripts = ["crr_ls", "dime_bc", "dime_awbc", "dime_multi", "dime_morl", "dime_finetune"]
     parser.add_argument("--scripts", nargs="+", default=scripts, choices=scripts)
-    modes = ["fp32", "bf16", "compile-fp32", "compile-bf16"]
-    parser.add_argument("--modes", nargs="+", default=modes[:2], choices=modes, help="precision, --compile")
+    modes = ["fp32", "bf16", "compile-fp32", "compile-bf16", "bf16-nonnative"]
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=modes[:2],
+        choices=modes,
+        help="precision, --compile; bf16-nonnative: --bf16 as on a CPU without native bfloat16 (forced)",
+    )
     parser.add_argument("--d3rlpy-python", default=os.path.join(ROOT, ".venv-d3rlpy", "bin", "python"))
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best is kept")
     parser.add_argument("--steps", type=int, default=200, help="timed learner steps per measurement")
@@ -471,9 +483,8 @@ def main() -> None:
         elif kind == "d3rlpy":
             print(json.dumps({"seconds_per_step": d3rlpy_worker(opts.dataset, opts.steps, opts.warmup)}))
         else:
-            sec, flops = ours_worker(
-                kind, opts.dataset, opts.steps, opts.warmup, "bf16" in modes, "compile" in modes
-            )
+            flags = ("bf16" in modes, "compile" in modes, "nonnative" in modes)
+            sec, flops = ours_worker(kind, opts.dataset, opts.steps, opts.warmup, *flags)
             print(json.dumps({"seconds_per_step": sec, "flops_per_step": flops}))
         return
     if not os.path.exists(opts.d3rlpy_python) and not opts.summary:
@@ -520,7 +531,8 @@ def main() -> None:
         row += f"{1 / best[name]:>9.1f}{ratio:>7.2f}"
         record = dict(learner=name, num_samples=n, critic=critic, ms_per_step=best[name] * 1e3, ratio=ratio)
         if flops.get(name):  # the matmul floor: the step's FLOPs at the peak of its precision
-            floor = flops[name] / (peak["bfloat16" if "bf16" in name else "float32"] * 1e9)
+            bf16 = "bf16" in name and "nonnative" not in name  # bf16-nonnative trains in fp32
+            floor = flops[name] / (peak["bfloat16" if bf16 else "float32"] * 1e9)
             row += f"{flops[name] / 1e9:>7.2f}{floor * 1e3:>9.1f}{best[name] / floor:>7.2f}"
             record.update(
                 gflop_per_step=flops[name] / 1e9, floor_ms=floor * 1e3, over_floor=best[name] / floor

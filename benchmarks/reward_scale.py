@@ -1,0 +1,160 @@
+"""DiME against LS across the scale of the reward: the table, figure and diagnostics of the reward-scale grid.
+
+    python benchmarks/sweep.py benchmarks/grids/reward_scale.yaml --env-ids cheetah_run --seeds 1 --workers 2
+    python benchmarks/reward_scale.py                    # docs/figures/reward_scale.{png,json,md}
+
+Reads every finished cell of benchmarks/results/reward_scale (entries named <method>_c<c>: the zoo dataset
+with every reward times c, the critic's support times c). For each method and task it prints the final
+return at each c (mean ± 95 % interval over seeds), and the claim's measure: the spread across c of
+same-seed returns (max - min over c, for seeds finished at every c), mean ± interval. Beside them, the last
+logged learner diagnostics that explain it (averaged over seeds): the weight ESS and the share of weights
+above 10 (LS's clip is 20), DiME's learned temperature η, and the advantage spread (std of A, Q units).
+Unfinished cells are listed, never guessed.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from aggregate import mean_ci95  # noqa: E402  (the Student t every table here uses)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = {"bc": "BC", "ls": "LS α=.3", "dime_bc": "DiME (BC) α=.45", "dime_awbc": "DiME (AWBC) α=.5"}
+SCALES = (0.1, 1.0, 10.0)
+DIAGNOSTICS = {  # results.json diagnostics key: column label
+    "losses/advantage_std": "A std",
+    "losses/weight_ess": "weight ESS",
+    "losses/weight_above_10": "w > 10",
+    "losses/temperature": "η",
+}
+ENTRY = re.compile(r"^(?P<method>.+)_c(?P<scale>[0-9.]+)$")
+
+
+def load(results_dir: str) -> dict:
+    """{(method, task, c): {seed: results.json}} of every finished cell."""
+    cells: dict = {}
+    for path in glob.glob(os.path.join(results_dir, "*", "*", "*", "seed_*", "*", "results.json")):
+        parts = os.path.relpath(path, results_dir).split(os.sep)
+        match = ENTRY.match(parts[0])
+        if match and match["method"] in METHODS:
+            key = (match["method"], parts[1], float(match["scale"]))
+            cells.setdefault(key, {})[int(parts[3].split("_")[1])] = json.load(open(path))
+    return cells
+
+
+def fmt(mean: float, half: float | None, digits: int = 1) -> str:
+    return f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
+
+
+def summarise(cells: dict) -> dict:
+    """Per (method, task): final returns and diagnostics at every c, and the spread across c."""
+    out: dict = {}
+    for method, task in sorted({(m, t) for m, t, _ in cells}):
+        row: dict = {"finals": {}, "diagnostics": {}}
+        for c in SCALES:
+            runs = cells.get((method, task, c), {})
+            if runs:
+                finals = [runs[s]["final"]["mean"] for s in sorted(runs)]
+                row["finals"][c] = {"seeds": sorted(runs), "returns": finals, "mean_ci95": mean_ci95(finals)}
+                diagnostics = [runs[s]["evaluations"][-1].get("diagnostics", {}) for s in sorted(runs)]
+                row["diagnostics"][c] = {
+                    k: float(np.mean([d[k] for d in diagnostics])) for k in DIAGNOSTICS if k in diagnostics[0]
+                }
+        complete = (
+            set.intersection(*(set(v["seeds"]) for v in row["finals"].values())) if row["finals"] else set()
+        )
+        complete = sorted(complete) if len(row["finals"]) == len(SCALES) else []
+        spreads = [
+            np.ptp([cells[(method, task, c)][s]["final"]["mean"] for c in SCALES]).item() for s in complete
+        ]
+        row["spread"] = {
+            "seeds": complete,
+            "values": spreads,
+            "mean_ci95": mean_ci95(spreads) if spreads else None,
+        }
+        out[f"{method}/{task}"] = row
+    return out
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "| method | task | " + " | ".join(f"c = {c:g}" for c in SCALES) + " | spread across c (same seed) |"
+    ]
+    lines.append("|---" * (len(SCALES) + 3) + "|")
+    for key, row in summary.items():
+        method, task = key.split("/")
+        cols = []
+        for c in SCALES:
+            f = row["finals"].get(c)
+            cols.append("–" if f is None else f"{fmt(*f['mean_ci95'])} (n={len(f['seeds'])})")
+        spread = row["spread"]
+        cols.append(
+            "–" if not spread["values"] else f"{fmt(*spread['mean_ci95'])} (n={len(spread['values'])})"
+        )
+        lines.append(f"| {METHODS[method]} | {task} | " + " | ".join(cols) + " |")
+    lines += [
+        "",
+        "| method | task | c | " + " | ".join(DIAGNOSTICS.values()) + " |",
+        "|---" * (len(DIAGNOSTICS) + 3) + "|",
+    ]
+    for key, row in summary.items():
+        method, task = key.split("/")
+        for c, d in row["diagnostics"].items():
+            values = [("–" if k not in d else f"{d[k]:.3g}") for k in DIAGNOSTICS]
+            lines.append(f"| {METHODS[method]} | {task} | {c:g} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({key.split("/")[1] for key in summary})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method, label in METHODS.items():
+            row = summary.get(f"{method}/{task}")
+            if not row or not row["finals"]:
+                continue
+            cs = sorted(row["finals"])
+            means = [row["finals"][c]["mean_ci95"][0] for c in cs]
+            halves = [row["finals"][c]["mean_ci95"][1] or 0.0 for c in cs]
+            ax.errorbar(cs, means, yerr=halves, marker="o", capsize=3, label=label)
+        ax.set(xscale="log", xlabel="reward scale c (critic support × c)", ylabel="final return", title=task)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "reward_scale"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "figures", "reward_scale"))
+    opts = parser.parse_args()
+    cells = load(opts.results)
+    if not cells:
+        sys.exit(f"error: no finished cells under {opts.results}; run the grid first (see --help)")
+    summary = summarise(cells)
+    text = markdown(summary)
+    print(text, end="")
+    with open(opts.out + ".md", "w") as f:
+        f.write(text)
+    with open(opts.out + ".json", "w") as f:
+        json.dump({str(k): v for k, v in summary.items()}, f, indent=1, default=str)
+    plot(summary, opts.out + ".png")
+    print(f"written {opts.out}.md, .json, .png ({sum(len(v) for v in cells.values())} runs)")
+
+
+if __name__ == "__main__":
+    main()
