@@ -157,22 +157,15 @@ def check_device(args: Args) -> tuple[torch.device, Args]:
         print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
     if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
-    if device.type == "cpu":
-        keep_freed_memory()
+    if device.type == "cpu":  # glibc hands freed blocks over 128 kB back to the OS, and every learner step
+        with contextlib.suppress(OSError, AttributeError):  # page-faults its activations in again (~20 %)
+            libc = ctypes.CDLL("libc.so.6")  # keep them: blocks up to 32 MB from the heap, 512 MB kept
+            libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 512 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     if args.bf16 and device.type == "cpu" and not native:
         print("notice: no native bfloat16 matmuls on this CPU (avx512_bf16, AMX): --bf16 off, fp32 is faster")
         args = dataclasses.replace(args, bf16=False)
     return device, args
-
-
-def keep_freed_memory() -> None:
-    """Keep freed memory in the process (glibc's mallopt): by default blocks over a threshold return to the OS
-    when freed, so every learner step page-faults its activations in again (~20 % of a CPU preset step)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MB come from the heap
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: up to 512 MB of freed heap stays with the process
 
 
 def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
@@ -560,9 +553,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     stop.run = run = open_run(args, state)
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
     try:
-        if state.learner_steps % args.eval_every == 0 and not any(
-            e["step"] == state.learner_steps for e in state.evaluations
-        ):
+        if state.learner_steps % args.eval_every == 0 and state.learner_steps not in evaluated_steps(state):
             evaluate_and_log(agent, args, state, run, data, atoms)  # step 0, or the one a stop cut short
         while state.learner_steps < args.total_steps:
             with stop:  # a stop signal waits for the end of the step
@@ -629,6 +620,10 @@ class StopSignals:
         line = f"{signal.Signals(self.signum).name}: stopped at learner step {step}; continue with: {resume}"
         print(line, file=sys.stderr)
         sys.exit(128 + self.signum)
+
+
+def evaluated_steps(state: TrainState) -> list[int]:
+    return [e["step"] for e in state.evaluations]
 
 
 def log_metrics(agent: Agent, run: Run, metrics: list[dict], step: int) -> dict:

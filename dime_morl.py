@@ -186,15 +186,6 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def keep_freed_memory() -> None:
-    """Keep freed memory in the process (glibc's mallopt): by default blocks over a threshold return to the OS
-    when freed, so every learner step page-faults its activations in again (~20 % of a CPU preset step)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MB come from the heap
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: up to 512 MB of freed heap stays with the process
-
-
 def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
     """The one divergence guard, before a log, an evaluation, a checkpoint or a non-finite action: stop on
     non-finite parameters, so that they never reach the environment or overwrite the last good checkpoint."""
@@ -215,8 +206,10 @@ def check_device(args: Args) -> tuple[torch.device, Args]:
         print(f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {preset}")
     if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
-    if device.type == "cpu":
-        keep_freed_memory()
+    if device.type == "cpu":  # glibc hands freed blocks over 128 kB back to the OS, and every learner step
+        with contextlib.suppress(OSError, AttributeError):  # page-faults its activations in again (~20 %)
+            libc = ctypes.CDLL("libc.so.6")  # keep them: blocks up to 32 MB from the heap, 512 MB kept
+            libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 512 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     if args.bf16 and device.type == "cpu" and not native:
         print("notice: no native bfloat16 matmuls on this CPU (avx512_bf16, AMX): --bf16 off, fp32 is faster")

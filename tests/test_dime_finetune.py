@@ -119,6 +119,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 def test_ls_with_a_fixed_alpha_runs(tmp_path):
     results = run(tmp_path, method="ls", alpha=0.25, total_env_steps=2000)
     assert results["alpha"] == 0.25 and all(e["alpha"] == 0.25 for e in results["evaluations"])
+    documented = open(os.path.join(os.path.dirname(__file__), "..", "docs", "dime_finetune.md")).read()
+    for key in [*results, *results["evaluations"][-1], *results["teacher"]]:  # every results.json key
+        assert f"`{key}`" in documented, f"results.json key {key} is not in docs/dime_finetune.md"
 
 
 @pytest.mark.parametrize(

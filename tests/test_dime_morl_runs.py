@@ -99,6 +99,11 @@ def test_bandit_runs_and_moves_toward_the_weighted_objective(tmp_path, method, e
     assert last[1] > first[1] + 1e-3 and last[0] < first[0] - 1e-3
     assert results["hypervolume"] > 0 and results["hv_reference"] in ([-4.0, -4.0], [-1.0, -1.0])
     assert os.path.exists(os.path.join(run_dir_of(tmp_path), "pareto.png"))
+    last = results["evaluations"][-1]
+    assert last["env_steps"] == 0 and isinstance(last["mean_action"], float)  # the action the mean plays
+    documented = open(os.path.join(os.path.dirname(__file__), "..", "docs", "dime_morl.md")).read()
+    for key in [*results, *last]:  # docs/dime_morl.md lists every results.json key
+        assert f"`{key}`" in documented, f"results.json key {key} is not in docs/dime_morl.md"
 
 
 def test_bandit_multi_evaluates_every_alpha(tmp_path):

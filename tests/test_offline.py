@@ -249,6 +249,14 @@ def test_script_runs_and_writes_results_json(script, dataset, tmp_path):
     assert all(e["diagnostics"]["losses/q_min"] <= e["diagnostics"]["losses/q_max"] for e in later)
     for name in ("checkpoint.pt", "curve.png", "args.json"):
         assert os.path.exists(os.path.join(directory, name))
+    assert on_disk["precision"] == "fp32"
+    documented = open(os.path.join(os.path.dirname(__file__), "..", "docs", "dime_bc.md")).read()
+    for key in [
+        *on_disk,
+        *on_disk["dataset"],
+        *on_disk["evaluations"][-1],
+    ]:  # docs/dime_bc.md lists every key
+        assert f"`{key}`" in documented, f"results.json key {key} is not in docs/dime_bc.md"
     policy = torch.export.load(os.path.join(directory, "policy.pt2")).module()  # no project class needed
     mean, stddev = policy(torch.zeros(4, 5))
     assert mean.shape == stddev.shape == (4, 1) and (stddev > 0).all()
