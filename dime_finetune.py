@@ -628,6 +628,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     teacher = load_teacher(args, obs_dim, act_dim, device)
     state = TrainState(**ckpt["state"]) if ckpt else TrainState()
     if state.teacher_returns is None:  # the teacher's own evaluation: a line on the plots
+        print(f"teacher: evaluating ({args.eval_episodes} episodes)")
         state.teacher_returns = evaluate(teacher, args, 0, device, stream=2).tolist()
     if args.learn_alpha and args.return_threshold is None:  # c, measured once; a resumed run keeps it
         sampled = evaluate(teacher, args, 0, device, stream=3, sample=True)  # as an α = 1 student acts
@@ -799,6 +800,8 @@ def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run) -> N
     """Evaluate the policy mean; the record holds the trade-off α at this step."""
     step, env_steps = state.learner_steps, state.env_steps
     check_finite(agent, step, run.dir)
+    if step == 0:
+        run.progress.write(f"step 0: evaluating the initial policy ({args.eval_episodes} episodes)")
     returns = evaluate(agent.policy, args, state.round, next(agent.parameters()).device)
     alpha = float(tradeoff(agent, args).detach())
     record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}

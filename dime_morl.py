@@ -875,6 +875,8 @@ def evaluate_and_log(agent: Agent, args: Args, eval_alphas: list, state: TrainSt
     """Evaluate every trade-off, append to the results, log eval/ tags (and snapshot the policy)."""
     step, env_steps, device = state.learner_steps, state.env_steps, next(agent.parameters()).device
     check_finite(agent, step, run.dir)
+    if step == 0 and args.env_id not in BANDITS:
+        run.progress.write(f"step 0: evaluating the initial policy ({args.eval_episodes} episodes per α)")
     if args.save_model:
         export_policy(agent, args, os.path.join(run.dir, "policies", f"step_{step}.pt2"))
     for alpha in eval_alphas:
