@@ -10,12 +10,11 @@ fits π_θ to the mixture, with Acme's decoupled trust region:
 α = 0 is offline MPO; the paper's fixed choice is 0.5.
 
 Decisions the paper leaves open (docs/dime_bc.md, "Implementation details"):
-- One target-critic pass per learner step, as in Acme's DMPO learner: the N actions sampled at the bootstrap
-  state s' = s_{t+k} of each n-step transition give both the C51 mixture target and the E-step, and the BC
-  term uses the dataset action at s' (the second action of RL Unplugged's SARSA tuples). E-step and BC
-  share their states (eq. 11 mixes both at one state); s' whose window reached the episode's end has no
-  dataset action and is left out of the policy loss (≤ n/1000 of the states of 1000-step episodes).
-  Running the E-step on s_t instead would need a second pass over N·B state-action pairs: twice the cost.
+- One target-critic pass per learner step, as in Acme's DMPO learner (an E-step on s_t would need a second
+  one): the N actions sampled at the bootstrap state s' = s_{t+k} of each n-step transition give both the C51
+  mixture target and the E-step; the BC term, at the same states (eq. 11 mixes both at one state), uses the
+  dataset action at s' (RL Unplugged's SARSA tuples), which an s' at the episode's end lacks (≤ n/1000 of
+  the states of 1000-step episodes): those states are left out of the policy loss.
 - The dataset lives on the device as precomputed n-step transitions (common.datasets.nstep_transitions);
   minibatches are drawn there with a seeded torch.Generator: no host/device copy per step.
 - Evaluation runs --eval-episodes episodes of the policy mean (clipped to [-1, 1]) in lockstep with reset
@@ -31,6 +30,7 @@ import io
 import json
 import math
 import os
+import pathlib
 import random
 import signal
 import sys
@@ -78,9 +78,8 @@ class Args:
     resume: str | None = None  # a checkpoint.pt to continue exactly (same flags; --total-steps may grow)
     log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
     compile: bool = False  # torch.compile the networks (faster steps after some seconds of compilation)
-    # bfloat16 autocast for the torsos' matmuls (heads, weights, losses in fp32): ~2x faster on GPUs and
-    # on CPUs with avx512_bf16 or AMX; ignored with a notice on other CPUs, where fp32 is faster
-    bf16: bool = False
+    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX
+    bf16: bool = False  # (ignored with a notice on other CPUs, where fp32 is faster)
 
     # Algorithm specific arguments
 
@@ -147,9 +146,8 @@ def check_args(args: Args) -> None:
 
 
 def check_device(args: Args) -> tuple[torch.device, Args]:
-    """The training device, with a notice on a CPU, and the args with the precision used: --bf16 is refused on
-    a GPU without bfloat16 and dropped (notice) on a CPU without native bfloat16 matmuls (avx512_bf16 or AMX),
-    where it would run several times slower than fp32."""
+    """The device (a notice on a CPU) and the args with the precision used: --bf16 is refused on a GPU without
+    bfloat16 and dropped on a CPU without native bfloat16 matmuls (avx512_bf16, AMX), where it is slower."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
@@ -169,8 +167,7 @@ def check_device(args: Args) -> tuple[torch.device, Args]:
 
 
 def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
-    """The one divergence guard, before a log, an evaluation or a checkpoint: stop on non-finite parameters,
-    so that they never reach the environment or overwrite the last good checkpoint."""
+    """Divergence guard before a log, an evaluation or a checkpoint: non-finite parameters stop the run."""
     if not all(torch.isfinite(p).all() for p in agent.parameters()):
         kept = f"the last good checkpoint is kept in {run_dir}"
         fail(f"training diverged by learner step {step} (parameters not finite); {kept}; lower --lr")
@@ -517,15 +514,51 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
 
 
 # ==== 9. main: seeding, dataset, training loop ============================================================
-@dataclass
 class Run:
-    """Where a run writes: its directory, TensorBoard writer and progress bar; the clock of its last log."""
+    """Where a run writes: its directory (the checkpoint's on --resume) with args.json, TensorBoard (and
+    wandb with --track), the progress bar; and the clock of its last log."""
 
-    dir: str
-    writer: object
-    progress: tqdm
-    start: float
-    last_log: tuple[int, float]
+    def __init__(self, args: Args, state: TrainState):
+        from torch.utils.tensorboard import SummaryWriter
+
+        config, stamp = dataclasses.asdict(args), int(time.time())
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+        self.dir = os.path.join(args.output_dir, name)
+        if args.resume:  # continue in the checkpoint's directory
+            self.dir = os.path.dirname(os.path.abspath(args.resume))
+            name = os.path.basename(self.dir)
+        try:
+            os.makedirs(self.dir, exist_ok=bool(args.resume))
+            if not args.resume:
+                write_json(os.path.join(self.dir, "args.json"), config)
+        except OSError as e:
+            fail(f"cannot write the run directory {self.dir} ({e.strerror}); pass a writable --output-dir")
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
+        self.writer, table = SummaryWriter(self.dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
+        self.progress = tqdm(total=args.total_steps, initial=state.learner_steps, **bar)
+        self.start, self.last_log = time.time() - state.wall_time, (state.learner_steps, time.time())
+
+    def log(self, agent: Agent, metrics: list[dict], step: int) -> dict:
+        """Average the metric tensors since the last log with one device->host copy; returns the averages."""
+        check_finite(agent, step, self.dir)
+        keys = [k for k in metrics[0] if k != "loss"]
+        values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
+        metrics.clear()
+        for k, v in zip(keys, values):
+            self.writer.add_scalar(k, v, step)
+        now = time.time()
+        sps = (step - self.last_log[0]) / max(now - self.last_log[1], 1e-9)
+        self.writer.add_scalar("charts/SPS", sps, step)
+        if self.progress.disable:  # not a terminal (nohup, a batch job): a line stands in for the bar
+            eta = (self.progress.total - step) / max(sps, 1e-9) / 60
+            print(f"step {step}/{self.progress.total}: {sps:.1f} steps/s, ETA {eta:.0f} min", flush=True)
+        self.last_log = step, now
+        return dict(zip(keys, values))
 
 
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
@@ -550,46 +583,40 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     optimizers, state = make_optimizers(agent, args), TrainState()
     if ckpt:
         state = restore(ckpt, agent, optimizers, gen)
-    stop.run = run = open_run(args, state)
+    stop.run = run = Run(args, state)
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
-    try:
-        if state.learner_steps % args.eval_every == 0 and state.learner_steps not in evaluated_steps(state):
-            evaluate_and_log(agent, args, state, run, data, atoms)  # step 0, or the one a stop cut short
-        while state.learner_steps < args.total_steps:
-            with stop:  # a stop signal waits for the end of the step
-                state.metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
-                state.learner_steps = step = state.learner_steps + 1
-                if step % args.target_update_period == 0:
-                    agent.update_targets()
-                if step % args.log_every == 0:
-                    state.diagnostics = log_metrics(agent, run, state.metrics, step)
-            if step % args.eval_every == 0:
-                evaluate_and_log(agent, args, state, run, data, atoms)
-            if checkpoint_every and (step % checkpoint_every == 0 or step == args.total_steps):
-                with stop:
-                    save_checkpoint(run, args, agent, optimizers, gen, state)
-            run.progress.update(1)
-        if args.total_steps % args.eval_every:  # after the last checkpoint: a longer --resume skips it
+    if not state.evaluations:  # a checkpoint comes after the evaluation of its step
+        evaluate_and_log(agent, args, state, run, data, atoms)
+    while state.learner_steps < args.total_steps and not stop.signum:  # a stop ends the step in progress
+        state.metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
+        state.learner_steps = step = state.learner_steps + 1
+        if step % args.target_update_period == 0:
+            agent.update_targets()
+        if step % args.log_every == 0:
+            state.diagnostics = run.log(agent, state.metrics, step)
+        if step % args.eval_every == 0:
             evaluate_and_log(agent, args, state, run, data, atoms)
-    except KeyboardInterrupt:  # a stop signal (StopSignals)
+        if checkpoint_every and (step % checkpoint_every == 0 or step == args.total_steps):
+            save_checkpoint(run, args, agent, optimizers, gen, state)
+        run.progress.update(1)
+    if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
         stop.exit(lambda: save_checkpoint(run, args, agent, optimizers, gen, state), state.learner_steps)
+    if args.total_steps % args.eval_every:  # after the last checkpoint: a longer --resume skips it
+        evaluate_and_log(agent, args, state, run, data, atoms)
     state.wall_time = time.time() - run.start
-    run.progress.close()
+    run.progress.close(), run.writer.close()
     if args.save_model:
         export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
-    run.writer.close()
     return write_results(args, state, run.dir, dataset_info)
 
 
 class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (kill, timeout, a SLURM preemption) raise KeyboardInterrupt in the training
-    loop, which writes a checkpoint of where it is and exits (128 + signal) with one line naming the --resume
-    command. Inside `with stop:` the signal waits for the block's end, so a checkpoint holds whole learner
-    steps; an evaluation it cuts short is made again on --resume. Before the loop, or at a second signal, the
-    run ends at once."""
+    """SIGINT (Ctrl-C) and SIGTERM (kill, timeout, a SLURM preemption) set `signum`; the training loop then
+    ends the learner step (online: the round) or evaluation in progress, writes a checkpoint and exits (128 +
+    signal) with one line naming the --resume command. Before the loop, or at a second signal: at once."""
 
     def __init__(self):
-        self.inside, self.signum, self.run = False, 0, None
+        self.signum, self.run = 0, None
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self.handle)
 
@@ -599,49 +626,15 @@ class StopSignals:
             print(f"{signal.Signals(signum).name}: stopped at once; {kept}", file=sys.stderr, flush=True)
             sys.exit(128 + signum) if self.run is None else os._exit(128 + signum)
         self.signum = signum
-        if not self.inside:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> None:
-        self.inside = True
-
-    def __exit__(self, kind, *exc) -> None:
-        self.inside = False
-        if self.signum and kind is None:
-            raise KeyboardInterrupt
 
     def exit(self, save_checkpoint, step: int) -> None:
         """Write the checkpoint (a further signal ends the run without it), print the resume line, exit."""
-        self.inside = True
         save_checkpoint()
-        self.run.progress.close()
-        self.run.writer.close()
+        self.run.progress.close(), self.run.writer.close()
         resume = f"python {SCRIPT} --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
         line = f"{signal.Signals(self.signum).name}: stopped at learner step {step}; continue with: {resume}"
         print(line, file=sys.stderr)
         sys.exit(128 + self.signum)
-
-
-def evaluated_steps(state: TrainState) -> list[int]:
-    return [e["step"] for e in state.evaluations]
-
-
-def log_metrics(agent: Agent, run: Run, metrics: list[dict], step: int) -> dict:
-    """Average the metric tensors since the last log with one device->host copy; returns the averages."""
-    check_finite(agent, step, run.dir)
-    keys = [k for k in metrics[0] if k != "loss"]
-    values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
-    metrics.clear()
-    for k, v in zip(keys, values):
-        run.writer.add_scalar(k, v, step)
-    now = time.time()
-    sps = (step - run.last_log[0]) / max(now - run.last_log[1], 1e-9)
-    run.writer.add_scalar("charts/SPS", sps, step)
-    if run.progress.disable:  # output is not a terminal (nohup, a batch job): a line stands in for the bar
-        eta = (run.progress.total - step) / max(sps, 1e-9) / 60
-        print(f"step {step}/{run.progress.total}: {sps:.1f} steps/s, ETA {eta:.0f} min", flush=True)
-    run.last_log = step, now
-    return dict(zip(keys, values))
 
 
 # ==== 10. Evaluation ======================================================================================
@@ -709,10 +702,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run, data
 def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dict) -> dict:
     """results.json (fields: docs/<script>.md, Outputs) and curve.png: evaluation returns (mean ± std over
     episodes) against learner steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
 
     last, evals = state.evaluations[-1], state.evaluations
     final = {"alpha": args.alpha, "mean": last["mean"], "std": float(np.std(last["returns"]))}
@@ -725,51 +715,17 @@ def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dic
     write_json(os.path.join(run_dir, "results.json"), results)
     steps = [e["step"] for e in evals]
     mean, std = (np.array([f(e["returns"]) for e in evals]) for f in (np.mean, np.std))
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax = (fig := Figure(figsize=(5, 3.5), layout="tight")).subplots()
     ax.plot(steps, mean, marker="o")
     ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.set(xlabel="learner step", ylabel="episode return", title=f"{SCRIPT} {args.env_id}, α = {args.alpha}")
-    fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "curve.png"), dpi=100)
-    plt.close(fig)
     return results
 
 
 # ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
-def open_run(args: Args, state: TrainState) -> Run:
-    """The run directory (the checkpoint's on --resume) with args.json, its TensorBoard writer, progress."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    config, stamp = dataclasses.asdict(args), int(time.time())
-    name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
-    run_dir = os.path.join(args.output_dir, name)
-    if args.resume:  # continue in the checkpoint's directory
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        name = os.path.basename(run_dir)
-    try:
-        os.makedirs(run_dir, exist_ok=bool(args.resume))
-        if not args.resume:
-            write_json(os.path.join(run_dir, "args.json"), config)
-    except OSError as e:
-        fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-    writer, table = SummaryWriter(run_dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-    bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
-    progress = tqdm(total=args.total_steps, initial=state.learner_steps, **bar)
-    now = time.time()
-    return Run(run_dir, writer, progress, now - state.wall_time, (state.learner_steps, now))
-
-
 def write_json(path: str, obj) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
 def atomic_write(path: str, write) -> None:

@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import os
+import pathlib
 import random
 import signal
 import sys
@@ -70,6 +71,7 @@ RESUME_OVERRIDES = (  # flags a resumed run may change
     "total_steps total_env_steps checkpoint_every eval_every resume cuda track save_model "
     "save_replay capture_video log_every compile bf16"
 ).split()  # flags a resumed run may change
+AT_LEAST = dict(batch_size=1, num_samples=1, n_step=1, num_envs=1, num_atoms=2, eval_episodes=1)
 
 
 # ==== 1. Args ===========================================================================================
@@ -97,9 +99,8 @@ class Args:
     log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
     # torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)
     compile: bool = False
-    # bfloat16 autocast for the torsos' matmuls (heads, weights, losses in fp32): ~2x faster on GPUs and
-    # on CPUs with avx512_bf16 or AMX; ignored with a notice on other CPUs, where fp32 is faster
-    bf16: bool = False
+    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX
+    bf16: bool = False  # (ignored with a notice on other CPUs, where fp32 is faster)
 
     # Algorithm specific arguments
 
@@ -187,17 +188,15 @@ def fail(message: str) -> None:
 
 
 def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
-    """The one divergence guard, before a log, an evaluation, a checkpoint or a non-finite action: stop on
-    non-finite parameters, so that they never reach the environment or overwrite the last good checkpoint."""
+    """Divergence guard before a log, an evaluation, a checkpoint or a non-finite action: stop the run."""
     if not all(torch.isfinite(p).all() for p in agent.parameters()):
         kept = f"the last good checkpoint is kept in {run_dir}"
         fail(f"training diverged by learner step {step} (parameters not finite); {kept}; lower --lr")
 
 
 def check_device(args: Args) -> tuple[torch.device, Args]:
-    """The training device, with a notice on a CPU, and the args with the precision used: --bf16 is refused on
-    a GPU without bfloat16 and dropped (notice) on a CPU without native bfloat16 matmuls (avx512_bf16 or AMX),
-    where it would run several times slower than fp32."""
+    """The device (a notice on a CPU) and the args with the precision used: --bf16 is refused on a GPU without
+    bfloat16 and dropped on a CPU without native bfloat16 matmuls (avx512_bf16, AMX), where it is slower."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
@@ -229,14 +228,7 @@ def check_args(args: Args) -> None:
         fail("--multi supports --method dime or ls (MO-MPO's trade-offs are KL bounds); drop --multi")
     if args.multi and not 0.0 <= args.alpha_range[0] <= args.alpha_range[1]:
         fail(f"--alpha-range {args.alpha_range} must be two increasing non-negative values")
-    for name, least in {
-        "batch_size": 1,
-        "num_samples": 1,
-        "n_step": 1,
-        "num_envs": 1,
-        "num_atoms": 2,
-        "eval_episodes": 1,
-    }.items():  # a categorical critic needs two atoms
+    for name, least in AT_LEAST.items():  # a categorical critic needs two atoms
         if getattr(args, name) < least:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if not bandit and args.buffer_size < args.num_envs * (args.n_step + 1):
@@ -643,15 +635,49 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
 
 
 # ==== 9. main: seeding, run directory, actors and learner =================================================
-@dataclass
 class Run:
-    """Where a run writes: its directory, TensorBoard writer and progress bar; the clock of its last log."""
+    """Where a run writes: its directory (the checkpoint's on --resume) with args.json, TensorBoard (and
+    wandb with --track), the progress bar; and the clock of its last log."""
 
-    dir: str
-    writer: object
-    progress: tqdm
-    start: float
-    last_log: tuple[int, float]
+    def __init__(self, args: Args, state: TrainState, total: int, initial: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        config, stamp = dataclasses.asdict(args), int(time.time())
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+        self.dir = os.path.join(args.output_dir, name)
+        if args.resume:  # continue in the checkpoint's directory
+            self.dir = os.path.dirname(os.path.abspath(args.resume))
+            name = os.path.basename(self.dir)
+        try:
+            os.makedirs(self.dir, exist_ok=bool(args.resume))
+            if not args.resume:
+                write_json(os.path.join(self.dir, "args.json"), config)
+        except OSError as e:
+            fail(f"cannot write the run directory {self.dir} ({e.strerror}); pass a writable --output-dir")
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
+        self.writer, table = SummaryWriter(self.dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        bar = dict(unit="step", desc=f"{args.method} {args.env_id}", dynamic_ncols=True, disable=None)
+        self.progress = tqdm(total=total, initial=initial, **bar)  # tqdm off when not a tty
+        self.start, self.last_log = time.time() - state.wall_time, (state.learner_steps, time.time())
+
+    def log(self, agent: Agent, metrics: list[dict], step: int) -> None:
+        """Average the metric tensors since the last log with one device->host copy."""
+        check_finite(agent, step, self.dir)
+        keys = [k for k in metrics[0] if k != "loss"]
+        values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
+        metrics.clear()
+        for k, v in zip(keys, values):
+            self.writer.add_scalar(k, v, step)
+        now = time.time()
+        sps = (step - self.last_log[0]) / max(now - self.last_log[1], 1e-9)
+        self.writer.add_scalar("charts/SPS", sps, step)
+        if self.progress.disable:  # not a terminal (nohup, a batch job): a line stands in for the bar
+            print(f"learner step {step}: {sps:.1f} steps/s", flush=True)
+        self.last_log = step, now
 
 
 @dataclass
@@ -699,49 +725,42 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     if args.multi:
         eval_alphas = args.eval_alphas or np.linspace(*args.alpha_range, 5).tolist()
     counter, total = ("learner_steps", args.total_steps) if bandit else ("env_steps", args.total_env_steps)
-    stop.run = run = open_run(args, state, total, getattr(state, counter))
+    stop.run = run = Run(args, state, total, getattr(state, counter))
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
-    try:
-        while getattr(state, counter) < total:
-            before = getattr(state, counter)
-            if state.last_eval < 0 or state.learner_steps - state.last_eval >= args.eval_every:
-                evaluate_and_log(agent, args, eval_alphas, state, run)
-            if checkpoint_every and state.learner_steps - state.last_ckpt >= checkpoint_every:
-                with stop:
-                    save_checkpoint(run, args, learner, state)
-            with (
-                stop
-            ):  # a stop waits for the end of the round (a bandit's learner step): checkpoints fall between
-                if bandit:
-                    learn(learner, args, state, run)
-                else:
-                    run_round(envs, learner, args, state, run)
-            run.progress.update(getattr(state, counter) - before)
-        if checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
-            with stop:
-                save_checkpoint(run, args, learner, state)
-        evaluate_and_log(agent, args, eval_alphas, state, run)
-    except KeyboardInterrupt:  # a stop signal (StopSignals)
+    while getattr(state, counter) < total and not stop.signum:  # a stop ends the round (bandit: step) first
+        before = getattr(state, counter)
+        if state.last_eval < 0 or state.learner_steps - state.last_eval >= args.eval_every:
+            evaluate_and_log(agent, args, eval_alphas, state, run)
+        if checkpoint_every and state.learner_steps - state.last_ckpt >= checkpoint_every:
+            save_checkpoint(run, args, learner, state)
+        if stop.signum:  # checkpoints fall between rounds
+            break
+        if bandit:
+            learn(learner, args, state, run)
+        else:
+            run_round(envs, learner, args, state, run)
+        run.progress.update(getattr(state, counter) - before)
+    if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
         stop.exit(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
+    if checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
+        save_checkpoint(run, args, learner, state)
+    evaluate_and_log(agent, args, eval_alphas, state, run)
     state.wall_time = time.time() - run.start
-    run.progress.close()
+    run.progress.close(), run.writer.close()
     if args.save_model:
         export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
     if args.save_replay:
         save_replay(replay, args, args.save_replay)
-    run.writer.close()
     return write_results(args, state, run.dir, eval_alphas, act_dim)
 
 
 class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (kill, timeout, a SLURM preemption) raise KeyboardInterrupt in the training
-    loop, which writes a checkpoint of where it is and exits (128 + signal) with one line naming the --resume
-    command. Inside `with stop:` the signal waits for the block's end, so a checkpoint holds whole learner
-    steps; an evaluation it cuts short is made again on --resume. Before the loop, or at a second signal, the
-    run ends at once."""
+    """SIGINT (Ctrl-C) and SIGTERM (kill, timeout, a SLURM preemption) set `signum`; the training loop then
+    ends the learner step (online: the round) or evaluation in progress, writes a checkpoint and exits (128 +
+    signal) with one line naming the --resume command. Before the loop, or at a second signal: at once."""
 
     def __init__(self):
-        self.inside, self.signum, self.run = False, 0, None
+        self.signum, self.run = 0, None
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self.handle)
 
@@ -751,23 +770,11 @@ class StopSignals:
             print(f"{signal.Signals(signum).name}: stopped at once; {kept}", file=sys.stderr, flush=True)
             sys.exit(128 + signum) if self.run is None else os._exit(128 + signum)
         self.signum = signum
-        if not self.inside:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> None:
-        self.inside = True
-
-    def __exit__(self, kind, *exc) -> None:
-        self.inside = False
-        if self.signum and kind is None:
-            raise KeyboardInterrupt
 
     def exit(self, save_checkpoint, step: int) -> None:
         """Write the checkpoint (a further signal ends the run without it), print the resume line, exit."""
-        self.inside = True
         save_checkpoint()
-        self.run.progress.close()
-        self.run.writer.close()
+        self.run.progress.close(), self.run.writer.close()
         resume = f"python {SCRIPT} --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
         line = f"{signal.Signals(self.signum).name}: stopped at learner step {step}; continue with: {resume}"
         print(line, file=sys.stderr)
@@ -817,23 +824,7 @@ def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     if state.learner_steps % args.target_update_period == 0:
         agent.update_targets()
     if state.learner_steps % args.log_every == 0:
-        log_metrics(agent, run, learner.metrics, state.learner_steps)
-
-
-def log_metrics(agent: Agent, run: Run, metrics: list[dict], step: int) -> None:
-    """Average the metric tensors since the last log with one device->host copy."""
-    check_finite(agent, step, run.dir)
-    keys = [k for k in metrics[0] if k != "loss"]
-    values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
-    metrics.clear()
-    for k, v in zip(keys, values):
-        run.writer.add_scalar(k, v, step)
-    now = time.time()
-    sps = (step - run.last_log[0]) / max(now - run.last_log[1], 1e-9)
-    run.writer.add_scalar("charts/SPS", sps, step)
-    if run.progress.disable:  # output is not a terminal (nohup, a batch job): a line stands in for the bar
-        print(f"learner step {step}: {sps:.1f} steps/s", flush=True)
-    run.last_log = step, now
+        run.log(agent, learner.metrics, state.learner_steps)
 
 
 # ==== 10. Evaluation: per-trade-off returns, Pareto front, hypervolume ====================================
@@ -943,13 +934,10 @@ def write_results(
 
 def plot_front(results: dict, path: str) -> None:
     """Every evaluation (coloured by learner step) and the final one per α; bandits: over the true front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
 
     env_id, evaluations = results["env_id"], results["evaluations"]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    ax = (fig := Figure(figsize=(5, 4), layout="tight")).subplots()
     if env_id in BANDITS:  # the true front: the rewards of every Pareto-optimal action
         optimal = torch.linspace(*((0.0, 2.0) if env_id == "schaffer" else (-1.0, 1.0)), 200)[:, None]
         ax.plot(*bandit_rewards(env_id, optimal).T, color="0.8", lw=3, label="Pareto front")
@@ -960,46 +948,12 @@ def plot_front(results: dict, path: str) -> None:
     ax.set(xlabel=x_label, ylabel=y_label, title=f"{env_id}, {results['method']}, α = {results['alpha']}")
     fig.colorbar(sc, label="learner step")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
-def open_run(args: Args, state: TrainState, total: int, initial: int) -> Run:
-    """The run directory (the checkpoint's on --resume) with args.json, its TensorBoard writer, progress."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    config, stamp = dataclasses.asdict(args), int(time.time())
-    name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
-    run_dir = os.path.join(args.output_dir, name)
-    if args.resume:  # continue in the checkpoint's directory
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        name = os.path.basename(run_dir)
-    try:
-        os.makedirs(run_dir, exist_ok=bool(args.resume))
-        if not args.resume:
-            write_json(os.path.join(run_dir, "args.json"), config)
-    except OSError as e:
-        fail(f"cannot write the run directory {run_dir} ({e.strerror}); pass a writable --output-dir")
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-    writer, table = SummaryWriter(run_dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-    bar = dict(unit="step", desc=f"{args.method} {args.env_id}", dynamic_ncols=True, disable=None)
-    progress = tqdm(total=total, initial=initial, **bar)  # tqdm off when not a tty
-    now = time.time()
-    return Run(run_dir, writer, progress, now - state.wall_time, (state.learner_steps, now))
-
-
 def write_json(path: str, obj) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
 def atomic_write(path: str, write) -> None:
