@@ -207,12 +207,10 @@ def cpu_description() -> str:
     decide matmul speed."""
     import torch
 
-    model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), ""
-    )
-    flags = next(
-        (line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), []
-    )
+    with open("/proc/cpuinfo") as f:  # the first CPU's fields (Linux)
+        fields = (line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {key.strip(): value.strip() for key, value in fields}
+    model, flags = info.get("model name", ""), info.get("flags", "").split()
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     bf16 = "native" if native else "NOT native"
