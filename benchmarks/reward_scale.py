@@ -9,7 +9,9 @@ return at each c (mean ± 95 % interval over seeds), and the claim's measure: th
 same-seed returns (max - min over c, for seeds finished at every c), mean ± interval. Beside them, the last
 logged learner diagnostics that explain it (averaged over seeds): the weight ESS and the share of weights
 above 10 (LS's clip is 20), DiME's learned temperature η, and the advantage spread (std of A, Q units).
-Unfinished cells are listed, never guessed.
+Then the claim "DiME moves less across c than LS", per task: the same-seed difference LS spread - DiME
+spread, mean ± interval, with a verdict once two seeds are finished at every c of both. Unfinished cells
+are listed, never guessed.
 """
 
 import argparse
@@ -82,7 +84,28 @@ def summarise(cells: dict) -> dict:
     return out
 
 
-def markdown(summary: dict) -> str:
+def claims(summary: dict) -> list[dict]:
+    """ "DiME's return moves less across c than LS's", per task and DiME variant: the same-seed difference
+    LS spread - DiME spread over the seeds both finished at every c (holds: > 0; separated: beyond ± 95 %)."""
+    out = []
+    for key, row in summary.items():
+        method, task = key.split("/")
+        ls = summary.get(f"ls/{task}")
+        if method not in ("dime_bc", "dime_awbc") or not ls:
+            continue
+        mine, theirs = (dict(zip(r["spread"]["seeds"], r["spread"]["values"])) for r in (row, ls))
+        seeds = sorted(set(mine) & set(theirs))
+        claim = {"claim": f"{METHODS[method]} moves less across c than LS α=.3", "task": task, "seeds": seeds}
+        diffs = [theirs[s] - mine[s] for s in seeds]
+        if len(diffs) >= 2:
+            mean, half = mean_ci95(diffs)
+            claim.update(differences=diffs, difference=mean, interval=half, holds=mean > 0)
+            claim["separated"] = abs(mean) > half
+        out.append(claim)
+    return out
+
+
+def markdown(summary: dict, claim_rows: list[dict]) -> str:
     lines = [
         "| method | task | " + " | ".join(f"c = {c:g}" for c in SCALES) + " | spread across c (same seed) |"
     ]
@@ -108,6 +131,15 @@ def markdown(summary: dict) -> str:
         for c, d in row["diagnostics"].items():
             values = [("–" if k not in d else f"{d[k]:.3g}") for k in DIAGNOSTICS]
             lines.append(f"| {METHODS[method]} | {task} | {c:g} | " + " | ".join(values) + " |")
+    lines += ["", "| claim | task | LS spread - DiME spread (same seed) ± 95 % | seeds | verdict |"]
+    lines.append("|---|---|---|---|---|")
+    for c in claim_rows:
+        if "holds" not in c:
+            lines.append(f"| {c['claim']} | {c['task']} | – | {len(c['seeds'])} | not yet (needs 2 seeds) |")
+            continue
+        verdict = ("holds" if c["holds"] else "does not hold") + ("" if c["separated"] else " (within noise)")
+        difference = f"{c['difference']:+.1f} ± {c['interval']:.1f}"
+        lines.append(f"| {c['claim']} | {c['task']} | {difference} | {len(c['seeds'])} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,12 +178,13 @@ def main() -> None:
     if not cells:
         sys.exit(f"error: no finished cells under {opts.results}; run the grid first (see --help)")
     summary = summarise(cells)
-    text = markdown(summary)
+    claim_rows = claims(summary)
+    text = markdown(summary, claim_rows)
     print(text, end="")
     with open(opts.out + ".md", "w") as f:
         f.write(text)
     with open(opts.out + ".json", "w") as f:
-        json.dump({str(k): v for k, v in summary.items()}, f, indent=1, default=str)
+        json.dump({**summary, "claims": claim_rows}, f, indent=1, default=str)
     plot(summary, opts.out + ".png")
     print(f"written {opts.out}.md, .json, .png ({sum(len(v) for v in cells.values())} runs)")
 
