@@ -78,8 +78,9 @@ class Args:
     resume: str | None = None  # a checkpoint.pt to continue exactly (same flags; --total-steps may grow)
     log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
     compile: bool = False  # torch.compile the networks (faster steps after some seconds of compilation)
-    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX
-    bf16: bool = False  # (ignored with a notice on other CPUs, where fp32 is faster)
+    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX;
+    # ignored with a notice on other CPUs, where fp32 is faster
+    bf16: bool = False
 
     # Algorithm specific arguments
 

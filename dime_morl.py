@@ -99,8 +99,9 @@ class Args:
     log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
     # torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)
     compile: bool = False
-    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX
-    bf16: bool = False  # (ignored with a notice on other CPUs, where fp32 is faster)
+    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX;
+    # ignored with a notice on other CPUs, where fp32 is faster
+    bf16: bool = False
 
     # Algorithm specific arguments
 
