@@ -39,6 +39,17 @@ def test_every_flag_has_a_one_line_description(script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_no_flag_hides_a_comment_above_it_behind_a_comment_on_its_line(script):
+    """tyro shows a field's own-line comment and drops the comment above it: a flag has one or the other."""
+    lines = open(os.path.join(ROOT, f"{script}.py")).read().splitlines()
+    (cls,) = [n for n in ast.parse("\n".join(lines)).body if isinstance(n, ast.ClassDef) and n.name == "Args"]
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign):
+            above, line = lines[node.lineno - 2].strip(), lines[node.end_lineno - 1]
+            assert not (above.startswith("# ") and "  # " in line), f"{script} --{node.target.id}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_help_shows_every_flag_with_its_description(script, capsys):
     module = importlib.import_module(script)
     with pytest.raises(SystemExit) as exit_info:
