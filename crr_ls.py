@@ -299,10 +299,9 @@ class Agent(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, args: Args):
         super().__init__()
-        hidden = args.hidden_sizes
-        self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
-        critic_in = obs_dim + act_dim
-        self.critic, self.target_critic = (Critic(critic_in, args.num_atoms, hidden) for _ in range(2))
+        sizes = args.hidden_sizes
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, sizes) for _ in range(2))
+        self.critic, self.target_critic = (Critic(obs_dim + act_dim, args.num_atoms, sizes) for _ in range(2))
         # Duals of the M-step's trust region live in log space behind softplus (Acme): per-dimension α_μ, α_σ.
         self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
         self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
@@ -501,8 +500,7 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
 
 # ==== 9. main: seeding, dataset, training loop ============================================================
 class Run:
-    """Where a run writes: its directory (the checkpoint's on --resume) with args.json, TensorBoard (and
-    wandb with --track), the progress bar; and the clock of its last log."""
+    """A run's directory (the checkpoint's on --resume), TensorBoard (wandb), progress bar, last-log clock."""
 
     def __init__(self, args: Args, state: TrainState):
         from torch.utils.tensorboard import SummaryWriter
@@ -597,9 +595,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (kill, timeout, a SLURM preemption) set `signum`; the training loop then
-    ends the learner step (online: the round) or evaluation in progress, writes a checkpoint and exits (128 +
-    signal) with one line naming the --resume command. Before the loop, or at a second signal: at once."""
+    """SIGINT/SIGTERM set `signum`: the loop ends its step (online: round) or evaluation, checkpoints, exits
+    (128 + signal) with one --resume line. Before the loop, or at a second signal: exit at once."""
 
     def __init__(self):
         self.signum, self.run = 0, None
@@ -614,7 +611,6 @@ class StopSignals:
         self.signum = signum
 
     def exit(self, save_checkpoint, step: int) -> None:
-        """Write the checkpoint (a further signal ends the run without it), print the resume line, exit."""
         save_checkpoint()
         self.run.progress.close(), self.run.writer.close()
         resume = f"python {SCRIPT} --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
@@ -636,8 +632,7 @@ def d4rl_score(info: dict) -> np.ndarray | None:
 
 @torch.no_grad()
 def evaluate(agent: Agent, args: Args, step: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-episode returns of the policy mean (clipped to [-1, 1]), and D4RL scores where the env has them
-    (the best seen during the episode); reset seeds derive from (seed, step)."""
+    """Returns of the clipped policy mean, D4RL scores (best in the episode); seeds from (seed, step)."""
     n, device = args.eval_episodes, next(agent.parameters()).device
     envs = make_envs(args.env_id, n, args.env_kwargs)
     obs, _ = envs.reset(seed=[int(s) for s in np.random.SeedSequence([args.seed, step]).generate_state(n)])
@@ -686,8 +681,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run, data
 
 
 def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dict) -> dict:
-    """results.json (fields: docs/<script>.md, Outputs) and curve.png: evaluation returns (mean ± std over
-    episodes) against learner steps."""
+    """results.json (fields: docs/<script>.md, Outputs) and curve.png (returns against learner steps)."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
 
     last, evals = state.evaluations[-1], state.evaluations
@@ -732,8 +726,7 @@ def save_checkpoint(run: Run, args: Args, agent: Agent, optimizers: dict, gen, s
 
 
 def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
-    """Read a checkpoint for --resume, its args updated with the flags a resume may change; refuse an
-    unreadable file, another script's checkpoint, or a flag given now that disagrees with it."""
+    """A --resume checkpoint with the flags a resume may change; refuses bad files and clashing flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error

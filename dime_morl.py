@@ -637,8 +637,7 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
 
 # ==== 9. main: seeding, run directory, actors and learner =================================================
 class Run:
-    """Where a run writes: its directory (the checkpoint's on --resume) with args.json, TensorBoard (and
-    wandb with --track), the progress bar; and the clock of its last log."""
+    """A run's directory (the checkpoint's on --resume), TensorBoard (wandb), progress bar, last-log clock."""
 
     def __init__(self, args: Args, state: TrainState, total: int, initial: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -756,9 +755,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (kill, timeout, a SLURM preemption) set `signum`; the training loop then
-    ends the learner step (online: the round) or evaluation in progress, writes a checkpoint and exits (128 +
-    signal) with one line naming the --resume command. Before the loop, or at a second signal: at once."""
+    """SIGINT/SIGTERM set `signum`: the loop ends its step (online: round) or evaluation, checkpoints, exits
+    (128 + signal) with one --resume line. Before the loop, or at a second signal: exit at once."""
 
     def __init__(self):
         self.signum, self.run = 0, None
@@ -773,7 +771,6 @@ class StopSignals:
         self.signum = signum
 
     def exit(self, save_checkpoint, step: int) -> None:
-        """Write the checkpoint (a further signal ends the run without it), print the resume line, exit."""
         save_checkpoint()
         self.run.progress.close(), self.run.writer.close()
         resume = f"python {SCRIPT} --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
