@@ -147,8 +147,7 @@ def check_args(args: Args) -> None:
 
 
 def check_device(args: Args) -> tuple[torch.device, Args]:
-    """The device (a notice on a CPU) and the args with the precision used: --bf16 is refused on a GPU without
-    bfloat16 and dropped on a CPU without native bfloat16 matmuls (avx512_bf16, AMX), where it is slower."""
+    """Device, args with the precision used: --bf16 is refused on a GPU without it, dropped on a slow CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
@@ -177,8 +176,7 @@ def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
 # ==== 2. Environment and dataset ==========================================================================
 @functools.cache  # registers the env families once, not at every evaluation
 def gymnasium_id(env_id: str) -> str:
-    """The gymnasium id of --env-id: a control-suite task <domain>_<task> through shimmy, or any registered
-    id (gymnasium-robotics' FrankaKitchen-v1 and AntMaze_* included); an unknown one fails in one line."""
+    """The gymnasium id of --env-id: control-suite <domain>_<task> (through shimmy) or a registered id."""
     import gymnasium as gym
     import shimmy
     from dm_control import suite
@@ -208,8 +206,7 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: str | None = None):
 
 
 def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int], str | None]:
-    """The dataset as n-step transitions on the device (docs/datasets.md), its summary for results.json, the
-    env sizes, and the env kwargs to evaluate with: --env-kwargs, else a Minari dataset's recorded ones."""
+    """n-step transitions on the device (docs/datasets.md), their summary, env sizes, env kwargs for eval."""
     gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
     try:
         ds = load_dataset(args.dataset, args.env_id, seed=0)
@@ -234,8 +231,7 @@ def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int], str | No
 
 # ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
 class Tanh(nn.Module):
-    """tanh(x) written as 2·sigmoid(2x) - 1, the same function: on CPUs torch.tanh is ~4x slower than sigmoid
-    (3.2 against 0.8 ms on the target critic's [21·256, 256] activations, ~6 % of a CPU preset step)."""
+    """tanh(x) as 2·sigmoid(2x) - 1: torch.tanh is ~4x slower on CPUs (docs/results.md, Learner speed)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x) if x.is_cuda else 2.0 * torch.sigmoid(2.0 * x) - 1.0
@@ -250,8 +246,7 @@ def layer_norm_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
 
 
 def fp32_linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-    """An output layer in fp32 under --bf16 autocast: the policy's mean and stddev, the critic's logits feed
-    the trust region's KLs and the E-step, which bfloat16's 8-bit mantissa would fill with rounding noise."""
+    """An output layer in fp32 under --bf16: bf16 rounding would be noise in the KLs and E-step it feeds."""
     with torch.autocast(h.device.type, enabled=False):
         return layer(h.float())
 
@@ -610,8 +605,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM set `signum`: the loop ends its step (online: round) or evaluation, checkpoints, exits
-    (128 + signal) with one --resume line. Before the loop, or at a second signal: exit at once."""
+    """SIGINT/SIGTERM set `signum`: main checkpoints after its step; before the loop or twice: exit now."""
 
     def __init__(self):
         self.signum, self.run = 0, None
@@ -636,8 +630,7 @@ class StopSignals:
 
 # ==== 10. Evaluation ======================================================================================
 def d4rl_score(info: dict) -> np.ndarray | None:
-    """D4RL's metric of each env after a step (App. D.2, Table 5), None for other envs: Franka Kitchen's
-    sub-tasks completed so far (0-4), Ant Maze's goal reached (its mean over episodes: the success rate)."""
+    """D4RL's metric per env (App. D.2): Kitchen's sub-tasks done (0-4), AntMaze's goal reached; else None."""
     if "episode_task_completions" in info:
         return np.array([len(done) for done in info["episode_task_completions"]], float)
     if "success" in info:
@@ -665,8 +658,7 @@ def evaluate(agent: Agent, args: Args, step: int) -> tuple[np.ndarray, np.ndarra
 
 @torch.no_grad()
 def critic_rank_correlation(critic: nn.Module, data: dict, atoms: torch.Tensor, rows: int = 4096) -> float:
-    """Spearman ρ between the critic's Q(s_t, a_t) and the discounted Monte-Carlo return G_t of the dataset on
-    evenly spaced rows: does the critic order the data like its returns? A diagnostic, no training signal."""
+    """Spearman ρ of the critic's Q(s_t, a_t) and the Monte-Carlo return G_t over evenly spaced rows."""
     size = len(data["returns"])
     idx = torch.linspace(0, size - 1, min(rows, size), device=atoms.device).long()
     q = (critic(data["observations"][idx], data["actions"][idx]).softmax(-1) * atoms).sum(-1)
@@ -773,8 +765,7 @@ def restore(ckpt: dict, agent: Agent, optimizers: dict, gen) -> TrainState:
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
-    """torch.export of the policy, loadable without this file: `torch.export.load(path).module()(obs [B, S])`
-    returns (mean [B, D], stddev [B, D]); env id and sizes ride along in meta.json."""
+    """torch.export of the policy: `torch.export.load(path).module()(obs)` -> (mean, stddev); meta.json."""
     policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
     policy.load_state_dict(agent.policy.state_dict())
     example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)

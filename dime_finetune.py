@@ -169,8 +169,7 @@ def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
 
 
 def check_device(args: Args) -> tuple[torch.device, Args]:
-    """The device (a notice on a CPU) and the args with the precision used: --bf16 is refused on a GPU without
-    bfloat16 and dropped on a CPU without native bfloat16 matmuls (avx512_bf16, AMX), where it is slower."""
+    """Device, args with the precision used: --bf16 is refused on a GPU without it, dropped on a slow CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
@@ -251,8 +250,7 @@ def load_teacher(args: Args, obs_dim: int, act_dim: int, device):
 
 # ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
 class Tanh(nn.Module):
-    """tanh(x) written as 2·sigmoid(2x) - 1, the same function: on CPUs torch.tanh is ~4x slower than sigmoid
-    (3.2 against 0.8 ms on the target critic's [21·256, 256] activations, ~6 % of a CPU preset step)."""
+    """tanh(x) as 2·sigmoid(2x) - 1: torch.tanh is ~4x slower on CPUs (docs/results.md, Learner speed)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x) if x.is_cuda else 2.0 * torch.sigmoid(2.0 * x) - 1.0
@@ -267,8 +265,7 @@ def layer_norm_mlp(in_dim: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
 
 
 def fp32_linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-    """An output layer in fp32 under --bf16 autocast: the policy's mean and stddev, the critic's logits feed
-    the trust region's KLs and the E-step, which bfloat16's 8-bit mantissa would fill with rounding noise."""
+    """An output layer in fp32 under --bf16: bf16 rounding would be noise in the KLs and E-step it feeds."""
     with torch.autocast(h.device.type, enabled=False):
         return layer(h.float())
 
@@ -694,8 +691,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM set `signum`: the loop ends its step (online: round) or evaluation, checkpoints, exits
-    (128 + signal) with one --resume line. Before the loop, or at a second signal: exit at once."""
+    """SIGINT/SIGTERM set `signum`: main checkpoints after its step; before the loop or twice: exit now."""
 
     def __init__(self):
         self.signum, self.run = 0, None
@@ -889,8 +885,7 @@ def restore(ckpt: dict, learner: Learner) -> None:
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
-    """torch.export of the policy, loadable without this file: `torch.export.load(path).module()(obs [B, S])`
-    returns (mean [B, D], stddev [B, D]); env id and sizes ride along in meta.json."""
+    """torch.export of the policy: `torch.export.load(path).module()(obs)` -> (mean, stddev); meta.json."""
     policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
     policy.load_state_dict(agent.policy.state_dict())
     example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
