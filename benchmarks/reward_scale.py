@@ -10,8 +10,10 @@ same-seed returns (max - min over c, for seeds finished at every c), mean ± int
 logged learner diagnostics that explain it (averaged over seeds): the weight ESS and the share of weights
 above 10 (LS's clip is 20), DiME's learned temperature η, and the advantage spread (std of A, Q units).
 Then the claim "DiME moves less across c than LS", per task: the same-seed difference LS spread - DiME
-spread, mean ± interval, with a verdict once two seeds are finished at every c of both. Unfinished cells
-are listed, never guessed.
+spread, mean ± interval, with a verdict once two seeds are finished at every c of both, and over all tasks
+together (each task's seeds as pairs). `--last K` reads a run's return as the mean of its last K evaluations
+(default 1: the final one; the return moves ±20 between consecutive evaluations, so K = 2 halves that
+noise's variance for the same runs). Unfinished cells are listed, never guessed.
 """
 
 import argparse
@@ -54,15 +56,20 @@ def fmt(mean: float, half: float | None, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
 
 
-def summarise(cells: dict) -> dict:
-    """Per (method, task): final returns and diagnostics at every c, and the spread across c."""
+def run_return(result: dict, last: int) -> float:
+    """A run's return: the mean of its last `last` evaluations' mean returns (1: the final evaluation)."""
+    return float(np.mean([e["mean"] for e in result["evaluations"][-last:]]))
+
+
+def summarise(cells: dict, last: int = 1) -> dict:
+    """Per (method, task): returns and diagnostics at every c, and the same-seed spread across c."""
     out: dict = {}
     for method, task in sorted({(m, t) for m, t, _ in cells}):
         row: dict = {"finals": {}, "diagnostics": {}}
         for c in SCALES:
             runs = cells.get((method, task, c), {})
             if runs:
-                finals = [runs[s]["final"]["mean"] for s in sorted(runs)]
+                finals = [run_return(runs[s], last) for s in sorted(runs)]
                 row["finals"][c] = {"seeds": sorted(runs), "returns": finals, "mean_ci95": mean_ci95(finals)}
                 diagnostics = [runs[s]["evaluations"][-1].get("diagnostics", {}) for s in sorted(runs)]
                 row["diagnostics"][c] = {
@@ -73,7 +80,7 @@ def summarise(cells: dict) -> dict:
         )
         complete = sorted(complete) if len(row["finals"]) == len(SCALES) else []
         spreads = [
-            np.ptp([cells[(method, task, c)][s]["final"]["mean"] for c in SCALES]).item() for s in complete
+            np.ptp([run_return(cells[(method, task, c)][s], last) for c in SCALES]).item() for s in complete
         ]
         row["spread"] = {
             "seeds": complete,
@@ -85,8 +92,9 @@ def summarise(cells: dict) -> dict:
 
 
 def claims(summary: dict) -> list[dict]:
-    """ "DiME's return moves less across c than LS's", per task and DiME variant: the same-seed difference
-    LS spread - DiME spread over the seeds both finished at every c (holds: > 0; separated: beyond ± 95 %)."""
+    """ "DiME's return moves less across c than LS's", per task and DiME variant, then over all tasks: the
+    same-seed difference LS spread - DiME spread where both finished every c (holds: > 0; separated: beyond
+    ± 95 %)."""
     out = []
     for key, row in summary.items():
         method, task = key.split("/")
@@ -96,13 +104,24 @@ def claims(summary: dict) -> list[dict]:
         mine, theirs = (dict(zip(r["spread"]["seeds"], r["spread"]["values"])) for r in (row, ls))
         seeds = sorted(set(mine) & set(theirs))
         claim = {"claim": f"{METHODS[method]} moves less across c than LS α=.3", "task": task, "seeds": seeds}
-        diffs = [theirs[s] - mine[s] for s in seeds]
-        if len(diffs) >= 2:
-            mean, half = mean_ci95(diffs)
-            claim.update(differences=diffs, difference=mean, interval=half, holds=mean > 0)
-            claim["separated"] = abs(mean) > half
-        out.append(claim)
+        out.append(verdict(claim, [theirs[s] - mine[s] for s in seeds]))
+    for method in ("dime_bc", "dime_awbc"):
+        rows = [c for c in out if c["claim"].startswith(METHODS[method])]
+        if len({c["task"] for c in rows if c["differences"]}) > 1:
+            pairs = [(c["task"], s) for c in rows for s in c["seeds"]]
+            claim = {"claim": rows[0]["claim"], "task": "all tasks", "seeds": pairs}
+            out.append(verdict(claim, [d for c in rows for d in c["differences"]]))
     return out
+
+
+def verdict(claim: dict, diffs: list[float]) -> dict:
+    """The claim with its differences, and from two pairs on their mean ± 95 % interval and verdict."""
+    claim["differences"] = diffs
+    if len(diffs) >= 2:
+        mean, half = mean_ci95(diffs)
+        claim.update(difference=mean, interval=half, holds=mean > 0)
+        claim["separated"] = abs(mean) > half
+    return claim
 
 
 def markdown(summary: dict, claim_rows: list[dict]) -> str:
@@ -173,18 +192,23 @@ def main() -> None:
     )
     parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "reward_scale"))
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "figures", "reward_scale"))
+    parser.add_argument("--last", type=int, default=1, help="a run's return: mean of its last K evaluations")
     opts = parser.parse_args()
+    if opts.last < 1:
+        sys.exit(f"error: --last {opts.last} must be at least 1 (1: the final evaluation)")
     cells = load(opts.results)
     if not cells:
         sys.exit(f"error: no finished cells under {opts.results}; run the grid first (see --help)")
-    summary = summarise(cells)
+    summary = summarise(cells, opts.last)
     claim_rows = claims(summary)
     text = markdown(summary, claim_rows)
+    if opts.last > 1:
+        text = f"A run's return: the mean of its last {opts.last} evaluations.\n\n" + text
     print(text, end="")
     with open(opts.out + ".md", "w") as f:
         f.write(text)
     with open(opts.out + ".json", "w") as f:
-        json.dump({**summary, "claims": claim_rows}, f, indent=1, default=str)
+        json.dump({**summary, "claims": claim_rows, "last_evaluations": opts.last}, f, indent=1, default=str)
     plot(summary, opts.out + ".png")
     print(f"written {opts.out}.md, .json, .png ({sum(len(v) for v in cells.values())} runs)")
 

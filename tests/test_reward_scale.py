@@ -10,11 +10,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_cell(out, entry: str, alpha: float, seed: int, final: float, diagnostics: dict) -> None:
-    run = out / entry / "cheetah_run" / f"alpha_{alpha}" / f"seed_{seed}" / "run"
+def write_cell(out, entry, alpha, seed, final, diagnostics, task="cheetah_run", before=None) -> None:
+    """A finished cell; `before`: the return of an evaluation before the final one."""
+    run = out / entry / task / f"alpha_{alpha}" / f"seed_{seed}" / "run"
     run.mkdir(parents=True)
-    record = {"step": 20000, "mean": final, "diagnostics": diagnostics}
-    (run / "results.json").write_text(json.dumps({"final": {"mean": final}, "evaluations": [record]}))
+    records = [] if before is None else [{"step": 15000, "mean": before}]
+    records.append({"step": 20000, "mean": final, "diagnostics": diagnostics})
+    (run / "results.json").write_text(json.dumps({"final": {"mean": final}, "evaluations": records}))
+
+
+def run_script(results, out, *flags) -> dict:
+    command = [sys.executable, "benchmarks/reward_scale.py", "--results", str(results), "--out", str(out)]
+    done = subprocess.run(command + list(flags), cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.with_suffix(".json").read_text())
 
 
 def test_table_spread_and_diagnostics(tmp_path):
@@ -30,11 +39,7 @@ def test_table_spread_and_diagnostics(tmp_path):
         for seed, final in enumerate(values, 1):
             diagnostics = {"losses/weight_ess": 0.5 * c, "losses/temperature": 2.0 * c}
             write_cell(tmp_path, f"{method}_c{c}", alpha, seed, final, diagnostics)
-    out = tmp_path / "figure"
-    command = [sys.executable, "benchmarks/reward_scale.py", "--results", str(tmp_path), "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "figure.json").read_text())
+    summary = run_script(tmp_path, tmp_path / "figure")
     assert summary["ls/cheetah_run"]["spread"]["values"] == [100.0, 80.0]  # 200-100, 190-110
     assert summary["dime_bc/cheetah_run"]["spread"]["values"] == [10.0]  # seed 2 lacks c = 10
     assert summary["ls/cheetah_run"]["diagnostics"]["10.0"]["losses/weight_ess"] == 5.0
@@ -45,3 +50,23 @@ def test_table_spread_and_diagnostics(tmp_path):
     text = (tmp_path / "figure.md").read_text()
     assert "| LS α=.3 | cheetah_run | 105.0 ± 63.5 (n=2) | 195.0 ± 63.5 (n=2) |" in text
     assert os.path.getsize(tmp_path / "figure.png") > 0
+
+
+def test_last_evaluations_and_claim_over_tasks(tmp_path):
+    """--last 2 averages each run's last two evaluations; the claim pools the tasks' same-seed pairs."""
+    results = tmp_path / "results"
+    for task, spread in (("cheetah_run", 30.0), ("walker_stand", 10.0)):
+        for seed in (1, 2):
+            for c in (0.1, 1.0, 10.0):
+                ls_final = 100.0 + (spread + 10 * seed if c == 10.0 else 0.0)  # LS spread: spread + 10·seed
+                write_cell(results, f"ls_c{c}", 0.3, seed, ls_final, {}, task, before=100.0)
+                dime_final = 100.0 + (spread if c == 10.0 else 0.0)  # DiME spread: spread
+                write_cell(results, f"dime_bc_c{c}", 0.45, seed, dime_final, {}, task, before=100.0)
+    summary = run_script(results, tmp_path / "last1")
+    pooled = [c for c in summary["claims"] if c["task"] == "all tasks"]
+    assert len(pooled) == 1 and pooled[0]["differences"] == [10.0, 20.0, 10.0, 20.0]
+    assert pooled[0]["difference"] == 15.0 and pooled[0]["holds"]
+    summary = run_script(results, tmp_path / "last2", "--last", "2")
+    assert summary["ls/walker_stand"]["spread"]["values"] == [10.0, 15.0]  # (100 + 20) / 2 - 100, ...
+    assert summary["ls/walker_stand"]["finals"]["10.0"]["returns"] == [110.0, 115.0]
+    assert "mean of its last 2 evaluations" in (tmp_path / "last2.md").read_text()
