@@ -36,6 +36,7 @@ def main() -> None:
     args = module.Args(
         **tradeoff, hidden_sizes=(256, 256, 256), batch_size=256, num_samples=20, bf16=opts.bf16
     )
+    args = module.check_device(args)[1]  # as main(): the allocator settings, the --bf16 check
     agent = module.Agent(17, 6, args)
     if opts.compile:
         module.compile_networks(agent)
