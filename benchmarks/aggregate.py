@@ -132,6 +132,23 @@ def mean_ci95(samples) -> tuple:
     return mean, half
 
 
+def paired_verdict(differences: list[float], holds_at_zero: bool = False) -> dict:
+    """Same-seed differences' mean ± 95 % and verdict, from two pairs on ({} before): holds when the mean
+    is > 0 (≥ 0 with `holds_at_zero`), separated when the interval excludes 0. The claims of benchmarks/."""
+    if len(differences) < 2:
+        return {}
+    mean, half = mean_ci95(differences)
+    holds = mean >= 0 if holds_at_zero else mean > 0
+    return dict(difference=mean, interval=half, holds=holds, separated=abs(mean) > half)
+
+
+def verdict_text(claim: dict) -> str:
+    """ "holds" / "does not hold", with " (within noise)" when not separated (a claim with a verdict)."""
+    return ("holds" if claim["holds"] else "does not hold") + (
+        "" if claim["separated"] else " (within noise)"
+    )
+
+
 def mean_over_tasks(stats: list[tuple[float, float | None, int]]) -> tuple[float, float | None]:
     """Mean of per-task means and its se sqrt(Σ se_t²)/T (None if any task's se is)."""
     means, ses = [s[0] for s in stats], [s[1] for s in stats]
@@ -179,6 +196,20 @@ def fmt_stat(mean: float, se: float | None, n: int | None = None) -> str:
     half = ci95(se, n)
     text = f"{mean:.1f}" if half is None else f"{mean:.1f} ± {half:.1f}"
     return text if n is None else f"{text} ({n})"
+
+
+def fmt_ci(mean: float, half: float | None) -> str:
+    """mean ± the half-width of its 95 % interval, as mean_ci95 returns them (no interval for one seed)."""
+    return f"{mean:.1f}" + ("" if half is None else f" ± {half:.1f}")
+
+
+def write_table(out: str, text: str, data: dict) -> None:
+    """A benchmark's table: print it, write it to <out>.md and its data to <out>.json."""
+    print(text, end="")
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    with open(out + ".json", "w") as f:
+        json.dump(data, f, indent=1, default=str)
 
 
 def fmt_over_tasks(mean_se: tuple[float, float | None], stats) -> str:

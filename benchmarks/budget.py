@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from aggregate import mean_ci95  # noqa: E402  (the Student t every table here uses)
+from aggregate import fmt_ci, mean_ci95, paired_verdict, verdict_text, write_table  # noqa: E402  (the Student t every table here uses)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"bc": "BC", "ls": "LS α=.3", "dime_bc": "DiME (BC) α=.45"}
@@ -48,11 +48,6 @@ def at_step(curve: list, step: int, last: int) -> float | None:
         return None
     i = steps.index(step)
     return float(np.mean([r for _, r in curve[max(0, i - last + 1) : i + 1]]))
-
-
-def fmt(stats: tuple) -> str:
-    mean, half = stats
-    return f"{mean:.1f}" + ("" if half is None else f" ± {half:.1f}")
 
 
 def summarise(cells: dict, steps: list[int], last: int) -> dict:
@@ -91,10 +86,7 @@ def verdict(high: str, low: str, step: int, task: str, diffs: list) -> dict:
     row = {"claim": f"{METHODS[low]} < {METHODS[high]}", "step": step, "task": task}
     row["pairs"] = [(t, s) for t, s, _ in diffs]
     row["differences"] = [d for _, _, d in diffs]
-    if len(diffs) >= 2:
-        mean, half = mean_ci95(row["differences"])
-        row.update(difference=mean, interval=half, holds=mean > 0, separated=abs(mean) > half)
-    return row
+    return {**row, **paired_verdict(row["differences"])}
 
 
 def markdown(summary: dict, steps: list[int], last: int) -> str:
@@ -107,26 +99,17 @@ def markdown(summary: dict, steps: list[int], last: int) -> str:
             cols = []
             for step in steps:
                 entry = summary["returns"].get(f"{method}/{task}/{step}")
-                cols.append("–" if entry is None else f"{fmt(entry['mean_ci95'])} (n={len(entry['seeds'])})")
+                cols.append(
+                    "–" if entry is None else f"{fmt_ci(*entry['mean_ci95'])} (n={len(entry['seeds'])})"
+                )
             lines.append(f"| {task} | {label} | " + " | ".join(cols) + " |")
     lines += ["", "| claim | task | step | difference (same seed) ± 95 % | pairs | verdict |"]
     lines.append("|---|---|---|---|---|---|")
     for row in summary["differences"]:
-        if "holds" not in row:
-            verdict_text, difference = "not yet (needs 2 pairs)", "–"
-        else:
-            verdict_text = ("holds" if row["holds"] else "does not hold") + (
-                "" if row["separated"] else " (within noise)"
-            )
-            difference = f"{row['difference']:+.1f} ± {row['interval']:.1f}"
-        cols = [
-            row["claim"],
-            row["task"],
-            f"{row['step'] // 1000}k",
-            difference,
-            len(row["pairs"]),
-            verdict_text,
-        ]
+        done = "holds" in row
+        difference = f"{row['difference']:+.1f} ± {row['interval']:.1f}" if done else "–"
+        verdict = verdict_text(row) if done else "not yet (needs 2 pairs)"
+        cols = [row["claim"], row["task"], f"{row['step'] // 1000}k", difference, len(row["pairs"]), verdict]
         lines.append("| " + " | ".join(map(str, cols)) + " |")
     return "\n".join(lines) + "\n"
 
@@ -172,11 +155,7 @@ def main() -> None:
         sys.exit(f"error: no finished cells under {opts.results}; run the grid first (see --help)")
     summary = summarise(cells, opts.steps, opts.last)
     text = markdown(summary, opts.steps, opts.last)
-    print(text, end="")
-    with open(opts.out + ".md", "w") as f:
-        f.write(text)
-    with open(opts.out + ".json", "w") as f:
-        json.dump({**summary, "steps": opts.steps, "last_evaluations": opts.last}, f, indent=1)
+    write_table(opts.out, text, {**summary, "steps": opts.steps, "last_evaluations": opts.last})
     plot(cells, opts.out + ".png")
     print(f"written {opts.out}.md, .json, .png ({sum(len(v) for v in cells.values())} runs)")
 

@@ -76,10 +76,11 @@ def continue_from(short_grid: str, long_grid: str, env_ids: list[str] | None) ->
         os.makedirs(target)
         for events in glob.glob(os.path.join(source, "events.out.tfevents.*")):
             shutil.copy2(events, target)
-        ckpt["args"].update(exp_name=cell.name, output_dir=cell.directory)
+        where = dict(zip(BOOKKEEPING, (cell.name, cell.directory)))
+        ckpt["args"].update(where)
         torch.save(ckpt, os.path.join(target, "checkpoint.pt"))
         args = json.load(open(os.path.join(source, "args.json")))
-        args.update(exp_name=cell.name, output_dir=cell.directory)
+        args.update(where)
         with open(os.path.join(target, "args.json"), "w") as f:
             json.dump(args, f, indent=1)
         lines.append(f"{cell.label()}: continues {source} from learner step {steps}")

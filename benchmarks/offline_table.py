@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import sweep  # benchmarks/sweep.py: the grid runner; its cells are read here
-from aggregate import mean_ci95  # the Student t every table here uses
+from aggregate import mean_ci95, paired_verdict, verdict_text  # the Student t every table here uses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20"
@@ -227,10 +227,7 @@ def check_claims(summary: dict) -> list[dict]:
         claim = {"claim": text, "seeds": len(diffs), "tasks": sorted(table)}
         waits = "; ".join(filter(None, (unfinished(table, key) for key in (left, right))))
         claim["needs"] = waits or "the same 2 seeds of both columns on every task"
-        if len(diffs) >= 2:
-            mean, half = mean_ci95(diffs)
-            holds = mean >= 0 if factor != 1.0 else mean > 0
-            claim.update(difference=mean, interval=half, holds=holds, separated=abs(mean) > half)
+        claim.update(paired_verdict(diffs, holds_at_zero=factor != 1.0))
         out.append(claim)
     return out
 
@@ -242,10 +239,8 @@ def claims_markdown(claims: list[dict]) -> str:
             verdict = f"not yet (waits for {c['needs']})"
             lines.append(f"| {c['claim']} | – | {c['seeds']} | {verdict} |")
             continue
-        verdict = ("holds" if c["holds"] else "does not hold") + ("" if c["separated"] else " (within noise)")
-        lines.append(
-            f"| {c['claim']} | {c['difference']:+.1f} ± {c['interval']:.1f} | {c['seeds']} | {verdict} |"
-        )
+        difference = f"{c['difference']:+.1f} ± {c['interval']:.1f}"
+        lines.append(f"| {c['claim']} | {difference} | {c['seeds']} | {verdict_text(c)} |")
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from aggregate import mean_ci95  # noqa: E402  (the Student t every table here uses)
+from aggregate import fmt_ci, mean_ci95, paired_verdict, verdict_text, write_table  # noqa: E402  (the Student t every table here uses)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"bc": "BC", "ls": "LS α=.3", "dime_bc": "DiME (BC) α=.45", "dime_awbc": "DiME (AWBC) α=.5"}
@@ -50,10 +50,6 @@ def load(results_dir: str) -> dict:
             key = (match["method"], parts[1], float(match["scale"]))
             cells.setdefault(key, {})[int(parts[3].split("_")[1])] = json.load(open(path))
     return cells
-
-
-def fmt(mean: float, half: float | None, digits: int = 1) -> str:
-    return f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
 
 
 def run_return(result: dict, last: int) -> float:
@@ -116,12 +112,7 @@ def claims(summary: dict) -> list[dict]:
 
 def verdict(claim: dict, diffs: list[float]) -> dict:
     """The claim with its differences, and from two pairs on their mean ± 95 % interval and verdict."""
-    claim["differences"] = diffs
-    if len(diffs) >= 2:
-        mean, half = mean_ci95(diffs)
-        claim.update(difference=mean, interval=half, holds=mean > 0)
-        claim["separated"] = abs(mean) > half
-    return claim
+    return {**claim, "differences": diffs, **paired_verdict(diffs)}
 
 
 def markdown(summary: dict, claim_rows: list[dict]) -> str:
@@ -134,10 +125,10 @@ def markdown(summary: dict, claim_rows: list[dict]) -> str:
         cols = []
         for c in SCALES:
             f = row["finals"].get(c)
-            cols.append("–" if f is None else f"{fmt(*f['mean_ci95'])} (n={len(f['seeds'])})")
+            cols.append("–" if f is None else f"{fmt_ci(*f['mean_ci95'])} (n={len(f['seeds'])})")
         spread = row["spread"]
         cols.append(
-            "–" if not spread["values"] else f"{fmt(*spread['mean_ci95'])} (n={len(spread['values'])})"
+            "–" if not spread["values"] else f"{fmt_ci(*spread['mean_ci95'])} (n={len(spread['values'])})"
         )
         lines.append(f"| {METHODS[method]} | {task} | " + " | ".join(cols) + " |")
     lines += [
@@ -156,9 +147,8 @@ def markdown(summary: dict, claim_rows: list[dict]) -> str:
         if "holds" not in c:
             lines.append(f"| {c['claim']} | {c['task']} | – | {len(c['seeds'])} | not yet (needs 2 seeds) |")
             continue
-        verdict = ("holds" if c["holds"] else "does not hold") + ("" if c["separated"] else " (within noise)")
         difference = f"{c['difference']:+.1f} ± {c['interval']:.1f}"
-        lines.append(f"| {c['claim']} | {c['task']} | {difference} | {len(c['seeds'])} | {verdict} |")
+        lines.append(f"| {c['claim']} | {c['task']} | {difference} | {len(c['seeds'])} | {verdict_text(c)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,11 +194,7 @@ def main() -> None:
     text = markdown(summary, claim_rows)
     if opts.last > 1:
         text = f"A run's return: the mean of its last {opts.last} evaluations.\n\n" + text
-    print(text, end="")
-    with open(opts.out + ".md", "w") as f:
-        f.write(text)
-    with open(opts.out + ".json", "w") as f:
-        json.dump({**summary, "claims": claim_rows, "last_evaluations": opts.last}, f, indent=1, default=str)
+    write_table(opts.out, text, {**summary, "claims": claim_rows, "last_evaluations": opts.last})
     plot(summary, opts.out + ".png")
     print(f"written {opts.out}.md, .json, .png ({sum(len(v) for v in cells.values())} runs)")
 
