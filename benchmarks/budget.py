@@ -121,16 +121,20 @@ def plot(cells: dict, path: str) -> None:
     fig = Figure(figsize=(5 * len(tasks), 3.6))
     for i, task in enumerate(tasks):
         ax = fig.add_subplot(1, len(tasks), i + 1)
+        seen = []  # every run's returns: the y-axis spans them, so a 2-seed band cannot squash the curves
         for method, label in METHODS.items():
             runs = cells.get((method, task), {})
             if not runs:
                 continue
             steps = sorted(set.intersection(*({s for s, _ in c} for c in runs.values())))
             curves = [[dict(c)[s] for s in steps] for c in runs.values()]
+            seen += [r for curve in curves for r in curve]
             mean, half = mean_ci95(curves)
             ax.plot(steps, mean, label=f"{label} (n={len(curves)})")
             if half is not None:
                 ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+        pad = 0.05 * (max(seen) - min(seen) or 1.0)
+        ax.set_ylim(min(seen) - pad, max(seen) + pad)
         ax.set(xlabel="learner steps", ylabel="return (20 episodes)", title=task)
         ax.legend(fontsize=8)
     fig.tight_layout()
