@@ -76,8 +76,8 @@ class Args:
     resume: str | None = None  # a checkpoint.pt to continue exactly (same flags; --total-steps may grow)
     log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
     compile: bool = False  # torch.compile the networks (faster steps after some seconds of compilation)
-    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX;
-    # ignored with a notice on other CPUs, where fp32 is faster
+    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster where bfloat16 is native (Ampere or later
+    # GPUs, CPUs with avx512_bf16 or AMX); ignored with a notice elsewhere, where fp32 is faster
     bf16: bool = False
 
     # Algorithm specific arguments
@@ -144,23 +144,27 @@ def check_args(args: Args) -> None:
 
 
 def check_device(args: Args) -> tuple[torch.device, Args]:
-    """Device, args with the precision used: --bf16 is refused on a GPU without it, dropped on a slow CPU."""
+    """Device, args with the precision used: --bf16 is dropped with a notice where bfloat16 is emulated."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
-    if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
     if device.type == "cpu":  # glibc hands freed blocks over 128 kB back to the OS, and every learner step
         with contextlib.suppress(OSError, AttributeError):  # page-faults its activations in again (~20 %)
             libc = ctypes.CDLL("libc.so.6")  # keep them: blocks up to 32 MB from the heap, 512 MB kept
             libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 512 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if args.bf16 and device.type == "cpu" and not native:
-        print("notice: no native bfloat16 matmuls on this CPU (avx512_bf16, AMX): --bf16 off, fp32 is faster")
+    if args.bf16 and not native_bf16(device):
+        print(f"notice: no native bfloat16 matmuls on this {device.type.upper()}: --bf16 off, fp32 is faster")
         args = dataclasses.replace(args, bf16=False)
     return device, args
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bfloat16 matmuls in hardware (Ampere or later GPUs, CPUs with avx512_bf16 or AMX), not emulated."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
@@ -530,7 +534,13 @@ class Run:
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
         self.progress = tqdm(total=args.total_steps, initial=state.learner_steps, **bar)
-        self.start, self.last_log = time.time() - state.wall_time, (state.learner_steps, time.time())
+        self.start = time.time() - state.wall_time
+        # The rate and ETA count this process's learner steps over its time outside evaluations.
+        self.first_step = state.learner_steps
+        self.clock = time.time()
+        self.eval_seconds = 0.0
+        self.evaluations = 0
+        self.eval_every = args.eval_every
 
     def log(self, agent: Agent, metrics: list[dict], step: int) -> dict:
         """Average the metric tensors since the last log with one device->host copy; returns the averages."""
@@ -540,19 +550,26 @@ class Run:
         metrics.clear()
         for k, v in zip(keys, values):
             self.writer.add_scalar(k, v, step)
-        now = time.time()
-        sps = (step - self.last_log[0]) / max(now - self.last_log[1], 1e-9)
+        sps = (step - self.first_step) / max(time.time() - self.clock - self.eval_seconds, 1e-9)
         self.writer.add_scalar("charts/SPS", sps, step)
-        if self.progress.disable:  # not a terminal (nohup, a batch job): a line stands in for the bar
-            eta = (self.progress.total - step) / max(sps, 1e-9) / 60
-            print(f"step {step}/{self.progress.total}: {sps:.1f} steps/s, ETA {eta:.0f} min", flush=True)
-        self.last_log = step, now
+        # Not a terminal (nohup, a batch job): a line stands in for the bar.
+        if self.progress.disable:
+            evaluations_left = self.progress.total // self.eval_every - step // self.eval_every
+            seconds_per_evaluation = self.eval_seconds / max(self.evaluations, 1)
+            eta = (self.progress.total - step) / max(sps, 1e-9) + evaluations_left * seconds_per_evaluation
+            line = f"step {step}/{self.progress.total}: {sps:.1f} learner steps/s, ETA {eta / 60:.0f} min"
+            print(line, flush=True)
         return dict(zip(keys, values))
 
 
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
-    stop = StopSignals()
+    with StopSignals() as stop:
+        return train(args, typed, stop)
+
+
+def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
+    """Seeding, dataset, networks, the training loop (sections 1-8), the final evaluation and results."""
     os.environ.setdefault("MUJOCO_GL", "disable")  # evaluation needs no rendering; before dm_control loads
     check_args(args)
     ckpt = load_checkpoint(args, typed) if args.resume else None
@@ -588,8 +605,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
         if checkpoint_every and (step % checkpoint_every == 0 or step == args.total_steps):
             save_checkpoint(run, args, agent, optimizers, gen, state)
         run.progress.update(1)
-    if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
-        stop.exit(lambda: save_checkpoint(run, args, agent, optimizers, gen, state), state.learner_steps)
+    # A stop during the loop: checkpoint the learner step reached, print the --resume line, exit.
+    stop.end_loop(lambda: save_checkpoint(run, args, agent, optimizers, gen, state), state.learner_steps)
     if args.total_steps % args.eval_every:  # after the last checkpoint: a longer --resume skips it
         evaluate_and_log(agent, args, state, run, data, atoms)
     state.wall_time = time.time() - run.start
@@ -600,23 +617,44 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM set `signum`: main checkpoints after its step; before the loop or twice: exit now."""
+    """SIGINT/SIGTERM during the training loop set `signum`: the loop ends after its learner step, `end_loop`
+    checkpoints and exits. Before the loop, after it, or a second signal: exit at once. The handlers that
+    were there before are back when the `with` block ends (a caller of `main` keeps its own)."""
 
     def __init__(self):
-        self.signum, self.run = 0, None
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        self.signum = 0
+        self.run = None
+        self.loop_ended = False
+        self.previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in self.previous:
             signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def handle(self, signum: int, frame) -> None:
-        if self.run is None or self.signum:  # exit now, without a checkpoint
-            kept = f"the last checkpoint in {self.run.dir} is kept" if self.run else "nothing to resume"
-            print(f"{signal.Signals(signum).name}: stopped at once; {kept}", file=sys.stderr, flush=True)
-            sys.exit(128 + signum) if self.run is None else os._exit(128 + signum)
-        self.signum = signum
+        if self.run is not None and not self.signum and not self.loop_ended:
+            self.signum = signum
+            return
+        kept = f"the last checkpoint in {self.run.dir} is kept" if self.run else "nothing to resume"
+        print(f"{signal.Signals(signum).name}: stopped at once; {kept}", file=sys.stderr, flush=True)
+        if self.run is None:
+            sys.exit(128 + signum)
+        # Maybe mid-write of a checkpoint: skip Python's clean-up, the atomic writes keep the files whole.
+        os._exit(128 + signum)
 
-    def exit(self, save_checkpoint, step: int) -> None:
+    def end_loop(self, save_checkpoint, step: int) -> None:
+        """After the loop: with a stop signal, checkpoint, print the --resume line and exit; else go on."""
+        self.loop_ended = True
+        if not self.signum:
+            return
         save_checkpoint()
-        self.run.progress.close(), self.run.writer.close()
+        self.run.progress.close()
+        self.run.writer.close()
         resume = f"python {SCRIPT} --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
         line = f"{signal.Signals(self.signum).name}: stopped at learner step {step}; continue with: {resume}"
         print(line, file=sys.stderr)
@@ -664,6 +702,7 @@ def critic_rank_correlation(critic: nn.Module, data: dict, atoms: torch.Tensor, 
 def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run, data: dict, atoms) -> None:
     """Evaluate the policy; the record also holds the critic's rank check and the last logged diagnostics."""
     step = state.learner_steps
+    start = time.time()
     check_finite(agent, step, run.dir)
     if step == 0:
         run.progress.write(f"step 0: evaluating the initial policy ({args.eval_episodes} episodes)")
@@ -680,6 +719,8 @@ def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run, data
     for key in ("mean", "d4rl_score", "critic_rank_corr"):
         if key in record:
             run.writer.add_scalar(f"eval/{dict(mean='episodic_return').get(key, key)}", record[key], step)
+    run.eval_seconds += time.time() - start
+    run.evaluations += 1
 
 
 def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dict) -> dict:
@@ -735,19 +776,26 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
         fail(f"--resume {args.resume} was not written by {SCRIPT}; pass one of its own")
-    as_json = lambda a: json.loads(json.dumps(a))  # tuples and lists compare equal
-    now, saved, default = map(as_json, (dataclasses.asdict(args), ckpt["args"], dataclasses.asdict(Args())))
-    given = {k for k in now if now[k] != default[k] or "--" + k.replace("_", "-") in typed}
-    for k in sorted(given - RESUME_OVERRIDES):
-        if now[k] != saved[k]:
-            flag = "--" + k.replace("_", "-")
-            fail(f"--resume: the checkpoint was trained with {flag} {saved[k]}, got {now[k]}; drop {flag}")
-    ckpt["args"] = Args(**{**ckpt["args"], **{k: getattr(args, k) for k in given & RESUME_OVERRIDES}})
+    ckpt["args"] = Args(**resumed_args(args, typed, ckpt["args"]))
     return ckpt
 
 
+def resumed_args(args: Args, typed: frozenset[str], saved: dict) -> dict:
+    """The checkpoint's flags, with the RESUME_OVERRIDES given now. A flag is given when typed on the command
+    line (even at its default) or away from its default; a given flag outside RESUME_OVERRIDES must agree."""
+    as_json = lambda a: json.loads(json.dumps(a))  # tuples and lists compare equal
+    now = as_json(dataclasses.asdict(args))
+    default = as_json(dataclasses.asdict(Args(env_id=args.env_id)))
+    given = {k for k in now if now[k] != default[k] or "--" + k.replace("_", "-") in typed}
+    for k in sorted(given - RESUME_OVERRIDES):
+        if now[k] != as_json(saved[k]):
+            flag = "--" + k.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {saved[k]}, got {now[k]}; drop {flag}")
+    return {**saved, **{k: getattr(args, k) for k in given & RESUME_OVERRIDES}}
+
+
 def restore(ckpt: dict, agent: Agent, optimizers: dict, gen) -> TrainState:
-    """Load a checkpoint's networks, optimisers and RNG in place; returns its TrainState."""
+    """Load a checkpoint's networks, optimisers and RNG in place; returns its TrainState, on their device."""
     try:
         agent.load_state_dict(ckpt["agent"])
     except RuntimeError as e:  # written by another version of this script: other parameters
@@ -756,7 +804,10 @@ def restore(ckpt: dict, agent: Agent, optimizers: dict, gen) -> TrainState:
     for k, opt in optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
     gen.set_state(ckpt["rng"])
-    return TrainState(**ckpt["state"])
+    device = next(agent.parameters()).device
+    # The checkpoint was read onto the CPU; its tensors follow the networks, as the optimisers' states do.
+    metrics = [{k: v.to(device) for k, v in m.items()} for m in ckpt["state"]["metrics"]]
+    return TrainState(**{**ckpt["state"], "metrics": metrics})
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
