@@ -50,85 +50,126 @@ from tqdm import tqdm
 from common.c51 import categorical_l2_project
 from common.datasets import DatasetError, check_env, discounted_returns, load_dataset, nstep_transitions
 
-MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
-MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
-POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
+# Acme's: the ε added to every softplus dual, the duals' lower clamp (_MIN_LOG_TEMPERATURE), and the
+# Gaussian head's stddev at initialisation and its floor.
+MPO_FLOAT_EPSILON = 1e-8
+MIN_LOG_DUAL = -18.0
+POLICY_INIT_SCALE = 0.7
+POLICY_MIN_SCALE = 1e-6
 SCRIPT = os.path.basename(__file__)
-CPU_PRESET = (  # chosen on cartpole_swingup and cheetah_run (docs/results.md, "The CPU preset")
+# Chosen on cartpole_swingup and cheetah_run (docs/results.md, "The CPU preset").
+CPU_PRESET = (
     "--hidden-sizes 256 256 256 --batch-size 256 --num-samples 20 --bf16"
     " --total-steps 20000 --eval-every 5000 --eval-episodes 20"
 )
 RESUME_OVERRIDES = {"total_steps", "checkpoint_every", "eval_every", "resume", "cuda", "track", "save_model"}
-RESUME_OVERRIDES |= {"log_every", "compile", "bf16"}  # flags a --resume may change
+RESUME_OVERRIDES |= {"log_every", "compile", "bf16"}
 AT_LEAST = dict(batch_size=1, num_samples=1, n_step=1, num_atoms=2, eval_episodes=1, total_steps=1)
 
 
 # ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
-    exp_name: str = SCRIPT[: -len(".py")]  # the name of this experiment (part of the run directory name)
-    seed: int = 1  # seed of python, numpy, torch and the evaluation environments
-    torch_deterministic: bool = True  # sets `torch.backends.cudnn.deterministic`
-    cuda: bool = True  # use CUDA when available (falls back to CPU with a notice)
-    output_dir: str = "runs"  # runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/
-    track: bool = False  # log to Weights & Biases (imported only then; synced with TensorBoard)
-    wandb_project_name: str = "dime-rl"  # the wandb project name
-    save_model: bool = False  # export the policy (torch.export, loads without this file) to <run>/policy.pt2
-    # write <run>/checkpoint.pt every this many learner steps (default: at every evaluation); 0 = never
+    exp_name: str = SCRIPT[: -len(".py")]
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the evaluation environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to CPU with a notice)"""
+    output_dir: str = "runs"
+    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
+    track: bool = False
+    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
+    wandb_project_name: str = "dime-rl"
+    """the wandb project name"""
+    save_model: bool = False
+    """export the policy (torch.export, loads without this file) to <run>/policy.pt2"""
     checkpoint_every: int | None = None
-    resume: str | None = None  # a checkpoint.pt to continue exactly (same flags; --total-steps may grow)
-    log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
-    compile: bool = False  # torch.compile the networks (faster steps after some seconds of compilation)
-    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster where bfloat16 is native (Ampere or later
-    # GPUs, CPUs with avx512_bf16 or AMX); ignored with a notice elsewhere, where fp32 is faster
+    """write <run>/checkpoint.pt every this many learner steps (default: at every evaluation); 0 = never"""
+    resume: str | None = None
+    """a checkpoint.pt to continue exactly (same flags; --total-steps may grow)"""
+    log_every: int = 100
+    """log losses every this many learner steps (the learner's only device->host copy)"""
+    compile: bool = False
+    """torch.compile the networks (faster steps after some seconds of compilation)"""
     bf16: bool = False
+    """bfloat16 torsos (heads, weights, losses in fp32): ~2x faster where bfloat16 is native (Ampere or later
+    GPUs, CPUs with avx512_bf16 or AMX); ignored with a notice elsewhere, where fp32 is faster"""
 
     # Algorithm specific arguments
 
-    # control-suite task <domain>_<task> (builds the zoo dataset) or a gymnasium id, e.g. FrankaKitchen-v1
     env_id: str = "cheetah_run"
-    env_kwargs: str | None = None  # gymnasium.make keywords (JSON); default: the Minari dataset's own
-    # 'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari id or directory, or RLU shards
+    """control-suite task <domain>_<task> (builds the zoo dataset) or a gymnasium id, e.g. FrankaKitchen-v1"""
+    env_kwargs: str | None = None
+    """gymnasium.make keywords (JSON); default: the Minari dataset's own"""
     dataset: str = "zoo"
-    variant: Literal["bc", "awbc"] = "bc"  # second objective: behaviour cloning (eq. 11) or AWBC (Sec. 6.2)
-    alpha_range: tuple[float, float] = (0.005, 1.0)  # range of the trade-off α drawn per transition (App. C)
-    # trade-offs at which the conditioned policy is evaluated
+    """'zoo' (built locally from zoo/ policies), an .hdf5 file, a Minari id or directory, or RLU shards"""
+    variant: Literal["bc", "awbc"] = "bc"
+    """second objective: behaviour cloning (eq. 11) or AWBC (Sec. 6.2)"""
+    alpha_range: tuple[float, float] = (0.005, 1.0)
+    """range of the trade-off α drawn per transition (App. C)"""
     eval_alphas: tuple[float, ...] = tuple(float(a) for a in np.linspace(0.05, 1.0, 20).round(3))
-    max_weight: float = 20.0  # clip of the AWBC weight exp(A) (CRR-exp; --variant awbc)
-    total_steps: int = 1_000_000  # learner steps (Table 3)
-    batch_size: int = 512  # transitions per learner step (Table 3)
-    # hidden layers of policy and critic (Table 3); CPU preset: 256 256 256
+    """trade-offs at which the conditioned policy is evaluated"""
+    max_weight: float = 20.0
+    """clip of the AWBC weight exp(A) (CRR-exp; --variant awbc)"""
+    total_steps: int = 1_000_000
+    """learner steps (Table 3)"""
+    batch_size: int = 512
+    """transitions per learner step (Table 3)"""
     hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
-    num_samples: int = 30  # N: actions sampled per state for the E-step and the C51 mixture target (Table 3)
-    n_step: int = 5  # n of the n-step return (Table 3)
-    gamma: float = 0.99  # discount (Table 3)
-    v_min: float = -150.0  # lower end of the critic's support (Table 3)
-    v_max: float = 150.0  # upper end of the critic's support (Table 3)
-    num_atoms: int = 101  # atoms of the categorical critic (Table 3)
-    epsilon: float = 0.5  # ε: KL bound of the RL objective's E-step (Table 4, RL Unplugged)
-    epsilon_mean: float = 0.0025  # ε_μ: M-step KL bound on the policy mean (Table 3)
-    epsilon_stddev: float = 1e-5  # ε_σ: M-step KL bound on the policy stddev (Table 3)
-    init_temperature: float = 10.0  # initial temperature η (Table 3)
-    init_log_alpha_mean: float = 1.0  # initial softplus-space value of the mean multiplier α_μ (Acme TF DMPO)
-    init_log_alpha_stddev: float = 10.0  # same for α_σ (Acme TF DMPO)
-    lr: float = 1e-4  # Adam learning rate of policy and critic (Table 3)
-    dual_lr: float = 1e-2  # Adam learning rate of the dual variables (Table 3)
-    weight_decay: float = 0.01  # decoupled (AdamW) weight decay: lr·decay = 1e-6 per step (Table 4)
-    target_update_period: int = 100  # learner steps between hard copies into the target networks (Table 3)
-    grad_clip: float = 40.0  # global gradient-norm clip of policy and critic
-    eval_every: int = 10_000  # evaluate in the environment every this many learner steps
-    eval_episodes: int = 10  # episodes per evaluation
+    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
+    num_samples: int = 30
+    """N: actions sampled per state for the E-step and the C51 mixture target (Table 3)"""
+    n_step: int = 5
+    """n of the n-step return (Table 3)"""
+    gamma: float = 0.99
+    """discount (Table 3)"""
+    v_min: float = -150.0
+    """lower end of the critic's support (Table 3)"""
+    v_max: float = 150.0
+    """upper end of the critic's support (Table 3)"""
+    num_atoms: int = 101
+    """atoms of the categorical critic (Table 3)"""
+    epsilon: float = 0.5
+    """ε: KL bound of the RL objective's E-step (Table 4, RL Unplugged)"""
+    epsilon_mean: float = 0.0025
+    """ε_μ: M-step KL bound on the policy mean (Table 3)"""
+    epsilon_stddev: float = 1e-5
+    """ε_σ: M-step KL bound on the policy stddev (Table 3)"""
+    init_temperature: float = 10.0
+    """initial temperature η (Table 3)"""
+    init_log_alpha_mean: float = 1.0
+    """initial softplus-space value of the mean multiplier α_μ (Acme TF DMPO)"""
+    init_log_alpha_stddev: float = 10.0
+    """same for α_σ (Acme TF DMPO)"""
+    lr: float = 1e-4
+    """Adam learning rate of policy and critic (Table 3)"""
+    dual_lr: float = 1e-2
+    """Adam learning rate of the dual variables (Table 3)"""
+    weight_decay: float = 0.01
+    """decoupled (AdamW) weight decay: lr·decay = 1e-6 per step (Table 4)"""
+    target_update_period: int = 100
+    """learner steps between hard copies into the target networks (Table 3)"""
+    grad_clip: float = 40.0
+    """global gradient-norm clip of policy and critic"""
+    eval_every: int = 10_000
+    """evaluate in the environment every this many learner steps"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
 
 
 @dataclass
 class TrainState:
-    """All a checkpoint carries besides networks, optimisers and RNG: counters and the results so far."""
+    """All a checkpoint carries besides networks, optimisers and RNG: counters, the results so far, the last
+    logged averages (`diagnostics`, copied into each evaluation) and the metrics since (`metrics`)."""
 
     learner_steps: int = 0
     wall_time: float = 0.0
     evaluations: list = field(default_factory=list)
-    diagnostics: dict = field(default_factory=dict)  # the last logged averages, copied into each evaluation
-    metrics: list = field(default_factory=list)  # learner metrics since the last log, as a stop finds them
+    diagnostics: dict = field(default_factory=dict)
+    metrics: list = field(default_factory=list)
 
 
 def fail(message: str) -> None:
@@ -144,7 +185,7 @@ def check_args(args: Args) -> None:
         fail(f"--alpha-range {low} {high} is out of range; use two increasing values in [0, 1]")
     if not all(0.0 <= a <= 1.0 for a in args.eval_alphas):
         fail(f"--eval-alphas {' '.join(map(str, args.eval_alphas))} is out of range; use values in [0, 1]")
-    for name, least in AT_LEAST.items():  # a categorical critic needs two atoms
+    for name, least in AT_LEAST.items():
         if getattr(args, name) < least:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if not args.v_min < args.v_max:
@@ -158,10 +199,13 @@ def check_device(args: Args) -> tuple[torch.device, Args]:
         print("notice: CUDA is not available, training on the CPU")
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
-    if device.type == "cpu":  # glibc hands freed blocks over 128 kB back to the OS, and every learner step
-        with contextlib.suppress(OSError, AttributeError):  # page-faults its activations in again (~20 %)
-            libc = ctypes.CDLL("libc.so.6")  # keep them: blocks up to 32 MB from the heap, 512 MB kept
-            libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 512 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    # glibc hands freed blocks over 128 kB back to the OS, and every learner step page-faults its activations
+    # in again (~20 %): blocks up to 32 MB come from the heap (M_MMAP_THRESHOLD), 512 MB stay (M_TRIM_...).
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 32 << 20)
+            libc.mallopt(-1, 512 << 20)
     if args.bf16 and not native_bf16(device):
         print(f"notice: no native bfloat16 matmuls on this {device.type.upper()}: --bf16 off, fp32 is faster")
         args = dataclasses.replace(args, bf16=False)
@@ -183,9 +227,10 @@ def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
 
 
 # ==== 2. Environment and dataset ==========================================================================
-@functools.cache  # registers the env families once, not at every evaluation
+@functools.cache
 def gymnasium_id(env_id: str) -> str:
-    """The gymnasium id of --env-id: control-suite <domain>_<task> (through shimmy) or a registered id."""
+    """The gymnasium id of --env-id: control-suite <domain>_<task> (through shimmy) or a registered id;
+    cached, so the env families register once."""
     import gymnasium as gym
     import shimmy
     from dm_control import suite
@@ -193,7 +238,8 @@ def gymnasium_id(env_id: str) -> str:
     gym.register_envs(shimmy)
     tasks = {f"{d}_{t}": f"dm_control/{d}-{t}-v0" for d, t in suite.ALL_TASKS}
     if env_id not in tasks:
-        with contextlib.redirect_stderr(io.StringIO()):  # its import prints a notice on old Adroit envs
+        # Its import prints a notice on old Adroit envs.
+        with contextlib.redirect_stderr(io.StringIO()):
             import gymnasium_robotics
         gym.register_envs(gymnasium_robotics)
     if env_id not in tasks and env_id not in gym.registry:
@@ -210,16 +256,18 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: str | None = None):
         kwargs = json.loads(env_kwargs or "{}")
         make = lambda: gym.wrappers.FlattenObservation(gym.make(name, **kwargs))
         return gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    except (ValueError, TypeError) as e:  # not JSON, not an object, or a keyword the env does not take
+    except (ValueError, TypeError) as e:
         fail(f"--env-kwargs {env_kwargs} do not fit {env_id} ({e}); pass a JSON object of make() keywords")
 
 
 def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int], str | None]:
     """n-step transitions on the device (docs/datasets.md), their summary, env sizes, env kwargs for eval."""
-    gymnasium_id(args.env_id)  # a typo in --env-id fails before any dataset work
+    # A typo in --env-id fails before any dataset work.
+    gymnasium_id(args.env_id)
     try:
         ds = load_dataset(args.dataset, args.env_id, seed=0)
-        spec, env_kwargs = ds.env_spec, args.env_kwargs
+        spec = ds.env_spec
+        env_kwargs = args.env_kwargs
         if spec and spec["id"] != args.env_id:
             raise DatasetError(f"{ds.source} was recorded on {spec['id']}; pass --env-id {spec['id']}")
         if spec and env_kwargs is None:
@@ -228,7 +276,7 @@ def load_data(args: Args, device) -> tuple[dict, dict, tuple[int, int], str | No
         (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
         check_env(ds, args.env_id, obs_dim, act_dim)
         data = nstep_transitions(ds, args.n_step, args.gamma)
-        data["mc_returns"] = discounted_returns(ds, args.gamma)  # for critic_rank_correlation
+        data["mc_returns"] = discounted_returns(ds, args.gamma)
     except DatasetError as e:
         fail(str(e))
     info = ds.summary()
@@ -268,12 +316,13 @@ class Policy(nn.Module):
         self.torso = layer_norm_mlp(obs_dim, hidden_sizes)
         self.mean = nn.Linear(hidden_sizes[-1], act_dim)
         self.stddev = nn.Linear(hidden_sizes[-1], act_dim)
-        for head in (self.mean, self.stddev):  # small init: the initial policy is N(≈0, 0.7) everywhere
+        # A small initialisation: the initial policy is N(≈0, 0.7) everywhere.
+        for head in (self.mean, self.stddev):
             nn.init.trunc_normal_(head.weight, std=math.sqrt(1e-4 / hidden_sizes[-1]))
             nn.init.zeros_(head.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.torso(obs)  # bfloat16 under --bf16 autocast; the heads run in fp32
+        h = self.torso(obs)
         stddev = F.softplus(fp32_linear(self.stddev, h)) * (POLICY_INIT_SCALE / math.log(2.0))
         return fp32_linear(self.mean, h), stddev + POLICY_MIN_SCALE
 
@@ -297,7 +346,8 @@ class Agent(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, args: Args):
         super().__init__()
         hidden = args.hidden_sizes
-        obs_dim += 1  # the trade-off α is appended to the observation of policy and critic (App. A)
+        # The trade-off α is appended to the observation of policy and critic (App. A).
+        obs_dim += 1
         self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
         critic_in = obs_dim + act_dim
         self.critic, self.target_critic = (Critic(critic_in, args.num_atoms, hidden) for _ in range(2))
@@ -328,7 +378,7 @@ def make_optimizers(agent: Agent, args: Args) -> dict:
 
 def compile_networks(agent: Agent) -> None:
     """torch.compile every network's forward in place (state_dict keys stay the same)."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
     for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
         net.compile()
 
@@ -385,15 +435,18 @@ def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
 def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
     """-Σ_M w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
     actions [M, B, D], weights [M, B] (combined over objectives), distribution parameters [B, D]."""
-    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)  # trains the mean
-    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)  # trains the stddev
+    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)
+    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)
     return -(weights * (fixed_stddev + fixed_mean)).sum(0).mean()
 
 
-def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, epsilon: float):
-    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)). kl [B, D]."""
-    alpha, mean_kl = dual(log_alpha), kl.mean(0)  # [D], [D]
-    return (alpha.detach() * mean_kl).sum(), (alpha * (epsilon - mean_kl.detach())).sum(), mean_kl.mean()
+def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, alpha: torch.Tensor, epsilon: float):
+    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)); kl [B, D], α [D].
+    Returns the penalty, the dual loss and the mean KL."""
+    mean_kl = kl.mean(0)  # [D]
+    penalty = (alpha.detach() * mean_kl).sum()
+    dual_loss = (alpha * (epsilon - mean_kl.detach())).sum()
+    return penalty, dual_loss, mean_kl.mean()
 
 
 # ==== 7. Policy objective: DiME (BC or AWBC) for per-sample trade-offs (eq. 4, 11) =========================
@@ -406,74 +459,90 @@ class PolicyBatch(NamedTuple):
     target_mean: torch.Tensor  # [B, D]: π_i = N(target_mean, target_stddev)
     target_stddev: torch.Tensor  # [B, D]
     sampled: torch.Tensor  # [N, B, D]: actions drawn from π_i
-    q_values: torch.Tensor  # [N + 1, B]: target-critic Q of the sampled actions, then of a'
+    q_sampled: torch.Tensor  # [N, B]: target-critic Q of the sampled actions
+    q_dataset: torch.Tensor  # [B]: target-critic Q of a'
 
 
-def bc_objective_weights(q_values: torch.Tensor, args: Args) -> torch.Tensor:
+def bc_objective_weights(q_sampled: torch.Tensor, q_dataset: torch.Tensor, args: Args) -> torch.Tensor:
     """The second objective's E-step on the dataset action: weight 1 (bc, eq. 11) or min(exp(A),
     --max-weight) with A = Q(s, a_D) - mean_i Q(s, a_i) (awbc, CRR-exp, temperature 1). -> [B]"""
     if args.variant == "bc":
-        return torch.ones_like(q_values[-1])
-    advantage = q_values[-1] - q_values[:-1].mean(0)
+        return torch.ones_like(q_dataset)
+    advantage = q_dataset - q_sampled.mean(0)
     return advantage.clamp(max=math.log(args.max_weight)).exp()
 
 
-def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
-    """DiME on conditioned `states` [B, S + 1] (last column: α): the RL objective's E-step weights the N
-    `sampled` actions [N, B, D] of π_i = N(target_mean, target_stddev); the BC objective's weights the
-    dataset action [B, D]. The M-step fits their per-sample α-mixture (eq. 11) where `valid` [B].
-    q_values [N + 1, B]: the sampled actions', then the dataset action's."""
-    states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values = batch
-    alpha = states[:, -1]
+def policy_loss(agent: Agent, batch: PolicyBatch, args: Args) -> tuple[torch.Tensor, dict]:
+    """DiME at the batch's conditioned states [B, S + 1] (last column: α): the RL objective's E-step weights
+    the N actions sampled from π_i = N(target_mean, target_stddev), the BC objective's the dataset action;
+    the M-step fits their per-sample α-mixture (eq. 11) where a dataset action exists (`valid`). Returns the
+    loss and its statistics."""
+    alpha = batch.states[:, -1]
     temperature = dual(agent.log_temperature)
-    weights, temperature_loss = compute_weights_and_temperature_loss(q_values[:-1], args.epsilon, temperature)
-    actions = torch.cat([sampled, dataset_actions[None]])  # [N + 1, B, D]
-    bc_weights = bc_objective_weights(q_values, args)[None]
-    mixture = torch.cat([(1.0 - alpha) * weights, alpha * bc_weights]) * valid  # [N + 1, B]
-    mean, stddev = agent.policy(states)
-    cross_entropy = compute_cross_entropy_loss(actions, mixture, mean, stddev, target_mean, target_stddev)
-    kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
-    kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
-        kl_mean, agent.log_alpha_mean, args.epsilon_mean
+    alpha_mean = dual(agent.log_alpha_mean)
+    alpha_stddev = dual(agent.log_alpha_stddev)
+    weights, temperature_loss = compute_weights_and_temperature_loss(
+        batch.q_sampled, args.epsilon, temperature
     )
-    loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
-        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
+    bc_weights = bc_objective_weights(batch.q_sampled, batch.q_dataset, args)
+    actions = torch.cat([batch.sampled, batch.dataset_actions[None]])  # [N + 1, B, D]
+    # The two objectives' E-step distributions over the N + 1 actions, mixed by each sample's α (eq. 11).
+    mixture = torch.cat([(1.0 - alpha) * weights, alpha * bc_weights[None]]) * batch.valid
+    mean, stddev = agent.policy(batch.states)
+    cross_entropy = compute_cross_entropy_loss(
+        actions, mixture, mean, stddev, batch.target_mean, batch.target_stddev
     )
-    loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
-    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
-    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean_avg}
-    stats["losses/kl_stddev"] = kl_stddev_avg
-    stats["losses/alpha_mean"] = dual(agent.log_alpha_mean).mean()
-    stats["losses/alpha_stddev"] = dual(agent.log_alpha_stddev).mean()
-    stats["losses/temperature"] = temperature
-    stats["losses/kl_q_rel"] = compute_nonparametric_kl(weights) / args.epsilon
-    stats.update(offline_diagnostics(q_values, bc_weights[0], stddev, valid))
+    # The decoupled trust region: KL(π_i ‖ N(μ_θ, σ_i)) bounds the mean, KL(π_i ‖ N(μ_i, σ_θ)) the stddev.
+    kl_mean = gaussian_kl(batch.target_mean, batch.target_stddev, mean, batch.target_stddev)  # [B, D]
+    kl_stddev = gaussian_kl(batch.target_mean, batch.target_stddev, batch.target_mean, stddev)  # [B, D]
+    penalty_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
+        kl_mean, alpha_mean, args.epsilon_mean
+    )
+    penalty_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
+        kl_stddev, alpha_stddev, args.epsilon_stddev
+    )
+    # The policy loss trains π_θ; the dual losses train η, α_μ and α_σ.
+    loss_policy = cross_entropy + penalty_mean + penalty_stddev
+    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev
+    stats = {
+        "policy_loss": loss_policy,
+        "kl_mean": kl_mean_avg,
+        "kl_stddev": kl_stddev_avg,
+        "alpha_mean": alpha_mean.mean(),
+        "alpha_stddev": alpha_stddev.mean(),
+        "temperature": temperature,
+        "kl_q_rel": compute_nonparametric_kl(weights) / args.epsilon,
+        **offline_diagnostics(batch, bc_weights, stddev),
+    }
     return loss_policy + loss_dual, stats
 
 
 @torch.no_grad()
-def offline_diagnostics(q_values, data_weights, stddev, valid) -> dict:
+def offline_diagnostics(batch: PolicyBatch, data_weights: torch.Tensor, stddev: torch.Tensor) -> dict:
     """Learner diagnostics with Acme's names: Q of the N sampled actions; the dataset action's advantage
     A = Q(s, a_D) - mean_i Q(s, a_i) and its policy-loss weight w [B] over the `valid` rows: shares of w below
-    0.1 and above 10, normalised effective sample size (Σw)²/(n·Σw²) (1: uniform, as in BC); policy stddev.
-    Masked reductions: no host sync."""
-    valid = valid > 0
+    0.1 and above 10, normalised effective sample size (Σw)²/(n·Σw²) (1: uniform); the policy's stddev.
+    DiME (BC)'s w is 1, so its weight statistics read 0, 0 and 1: logged so the offline scripts' runs
+    compare key by key. Masked reductions: no host sync."""
+    valid = batch.valid > 0
     n = valid.sum().clamp(min=1)
-    advantage = q_values[-1] - q_values[:-1].mean(0)
-    adv_mean = (advantage * valid).sum() / n
+    advantage = batch.q_dataset - batch.q_sampled.mean(0)
+    advantage_mean = (advantage * valid).sum() / n
     w = data_weights * valid
-    stats = {"losses/q_min": q_values[:-1].min(), "losses/q_max": q_values[:-1].max()}
-    stats["losses/advantage_mean"] = adv_mean
-    stats["losses/advantage_std"] = (((advantage - adv_mean) ** 2 * valid).sum() / n).sqrt()
-    stats["losses/advantage_min"] = advantage.masked_fill(~valid, math.inf).min()
-    stats["losses/advantage_max"] = advantage.masked_fill(~valid, -math.inf).max()
-    stats["losses/weight_below_0.1"] = ((data_weights < 0.1) & valid).sum() / n
-    stats["losses/weight_above_10"] = ((data_weights > 10) & valid).sum() / n
-    stats["losses/weight_ess"] = w.sum() ** 2 / (n * (w**2).sum()).clamp(min=1e-12)
-    stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
-    stats["losses/pi_stddev_mean"] = stddev.mean()
-    return stats
+    return {
+        "q_min": batch.q_sampled.min(),
+        "q_max": batch.q_sampled.max(),
+        "advantage_mean": advantage_mean,
+        "advantage_std": (((advantage - advantage_mean) ** 2 * valid).sum() / n).sqrt(),
+        "advantage_min": advantage.masked_fill(~valid, math.inf).min(),
+        "advantage_max": advantage.masked_fill(~valid, -math.inf).max(),
+        "weight_below_0.1": ((data_weights < 0.1) & valid).sum() / n,
+        "weight_above_10": ((data_weights > 10) & valid).sum() / n,
+        "weight_ess": w.sum() ** 2 / (n * (w**2).sum()).clamp(min=1e-12),
+        "pi_stddev_min": stddev.min(),
+        "pi_stddev_max": stddev.max(),
+        "pi_stddev_mean": stddev.mean(),
+    }
 
 
 # ==== 8. Learner step: one update of critic, policy and duals =============================================
@@ -487,11 +556,15 @@ def sample_batch(data: dict, batch_size: int, gen: torch.Generator) -> tuple[tor
 def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor, args: Args, gen) -> dict:
     """One gradient step on every parameter group; returns metric tensors (no host sync)."""
     obs, actions, returns, discounts, next_obs, next_actions, valid = sample_batch(data, args.batch_size, gen)
-    low, high = args.alpha_range  # a fresh trade-off per sample (hindsight relabelling, App. A)
+    # A fresh trade-off per sample, appended to the observations (hindsight relabelling, App. A).
+    low, high = args.alpha_range
     alpha = low + (high - low) * torch.rand(args.batch_size, 1, device=obs.device, generator=gen)
-    obs, next_obs = torch.cat([obs, alpha], -1), torch.cat([next_obs, alpha], -1)
-    with torch.autocast(obs.device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
-        with torch.no_grad():  # N actions from the target policy π_i at s', and the dataset action a'
+    obs = torch.cat([obs, alpha], -1)
+    next_obs = torch.cat([next_obs, alpha], -1)
+    # --bf16: matmuls in bfloat16 (heads, losses and weights stay fp32).
+    with torch.autocast(obs.device.type, torch.bfloat16, enabled=args.bf16):
+        # N actions from the target policy π_i at s' and the dataset action a', valued by the target critic.
+        with torch.no_grad():
             target_mean, target_stddev = agent.target_policy(next_obs)
             noise = torch.randn(args.num_samples, *target_mean.shape, device=obs.device, generator=gen)
             sampled = target_mean + target_stddev * noise  # [N, B, D]
@@ -499,16 +572,17 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
             pmfs = agent.target_critic(next_obs, candidates).softmax(-1)  # [N + 1, B, I]
             target_pmfs = c51_target(pmfs[:-1], returns, discounts, atoms)
             q_values = (pmfs * atoms).sum(-1)  # [N + 1, B]
+        q_sampled = q_values[:-1]
+        q_dataset = q_values[-1]
         batch = PolicyBatch(
-            next_obs, next_actions, valid.float(), target_mean, target_stddev, sampled, q_values
+            next_obs, next_actions, valid.float(), target_mean, target_stddev, sampled, q_sampled, q_dataset
         )
         loss, stats = policy_loss(agent, batch, args)
-        stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
-    loss = loss + stats["losses/critic_loss"]
-    stats["losses/q_mean"], stats["loss"] = q_values[:-1].mean(), loss.detach()
+        stats["critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+    stats["q_mean"] = batch.q_sampled.mean()
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss + stats["critic_loss"]).backward()
     for name in ("policy", "critic"):
         nn.utils.clip_grad_norm_(getattr(agent, name).parameters(), args.grad_clip)
     for opt in optimizers.values():
@@ -516,7 +590,8 @@ def learner_step(agent: Agent, optimizers: dict, data: dict, atoms: torch.Tensor
     with torch.no_grad():
         for p in agent.duals():
             p.clamp_(min=MIN_LOG_DUAL)
-    return {k: v.detach() for k, v in stats.items()}  # no autograd graph kept until the log
+    # Detached, so that no autograd graph is kept until the log; TensorBoard's names.
+    return {f"losses/{k}": v.detach() for k, v in stats.items()}
 
 
 # ========================================================================================================
@@ -532,10 +607,10 @@ class Run:
     def __init__(self, args: Args, state: TrainState):
         from torch.utils.tensorboard import SummaryWriter
 
-        config, stamp = dataclasses.asdict(args), int(time.time())
-        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+        config = dataclasses.asdict(args)
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.dir = os.path.join(args.output_dir, name)
-        if args.resume:  # continue in the checkpoint's directory
+        if args.resume:
             self.dir = os.path.dirname(os.path.abspath(args.resume))
             name = os.path.basename(self.dir)
         try:
@@ -548,9 +623,11 @@ class Run:
             import wandb
 
             wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-        self.writer, table = SummaryWriter(self.dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer = SummaryWriter(self.dir)
+        table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)  # tqdm off when not a tty
+        # disable=None: no bar when not a terminal (Run.log prints a line instead).
+        bar = dict(unit="step", desc=args.env_id, dynamic_ncols=True, disable=None)
         self.progress = tqdm(total=args.total_steps, initial=state.learner_steps, **bar)
         self.start = time.time() - state.wall_time
         # The rate and ETA count this process's learner steps over its time outside evaluations.
@@ -563,7 +640,7 @@ class Run:
     def log(self, agent: Agent, metrics: list[dict], step: int) -> dict:
         """Average the metric tensors since the last log with one device->host copy; returns the averages."""
         check_finite(agent, step, self.dir)
-        keys = [k for k in metrics[0] if k != "loss"]
+        keys = list(metrics[0])
         values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
         metrics.clear()
         for k, v in zip(keys, values):
@@ -575,8 +652,10 @@ class Run:
             evaluations_left = self.progress.total // self.eval_every - step // self.eval_every
             seconds_per_evaluation = self.eval_seconds / max(self.evaluations, 1)
             eta = (self.progress.total - step) / max(sps, 1e-9) + evaluations_left * seconds_per_evaluation
-            line = f"step {step}/{self.progress.total}: {sps:.1f} learner steps/s, ETA {eta / 60:.0f} min"
-            print(line, flush=True)
+            print(
+                f"step {step}/{self.progress.total}: {sps:.1f} learner steps/s, ETA {eta / 60:.0f} min",
+                flush=True,
+            )
         return dict(zip(keys, values))
 
 
@@ -588,7 +667,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     """Seeding, dataset, networks, the training loop (sections 1-8), the final evaluation and results."""
-    os.environ.setdefault("MUJOCO_GL", "disable")  # evaluation needs no rendering; before dm_control loads
+    # Evaluation renders nothing; set before dm_control loads.
+    os.environ.setdefault("MUJOCO_GL", "disable")
     check_args(args)
     ckpt = load_checkpoint(args, typed) if args.resume else None
     args = ckpt["args"] if ckpt else args
@@ -599,19 +679,20 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     device, args = check_device(args)
     gen = torch.Generator(device).manual_seed(args.seed)
     data, dataset_info, (obs_dim, act_dim), env_kwargs = load_data(args, device)
-    args = dataclasses.replace(args, env_kwargs=env_kwargs)  # evaluation uses the dataset's env settings
+    # Evaluation uses the dataset's env settings.
+    args = dataclasses.replace(args, env_kwargs=env_kwargs)
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
-    optimizers, state = make_optimizers(agent, args), TrainState()
-    if ckpt:
-        state = restore(ckpt, agent, optimizers, gen)
+    optimizers = make_optimizers(agent, args)
+    state = restore(ckpt, agent, optimizers, gen) if ckpt else TrainState()
     stop.run = run = Run(args, state)
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
-    if not state.evaluations:  # a checkpoint comes after the evaluation of its step
+    # A checkpoint comes after the evaluation of its step.
+    if not state.evaluations:
         evaluate_and_log(agent, args, state, run, data, atoms)
-    while state.learner_steps < args.total_steps and not stop.signum:  # a stop ends the step in progress
+    while state.learner_steps < args.total_steps and not stop.signum:
         state.metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
         state.learner_steps = step = state.learner_steps + 1
         if step % args.target_update_period == 0:
@@ -625,10 +706,12 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
         run.progress.update(1)
     # A stop during the loop: checkpoint the learner step reached, print the --resume line, exit.
     stop.end_loop(lambda: save_checkpoint(run, args, agent, optimizers, gen, state), state.learner_steps)
-    if args.total_steps % args.eval_every:  # after the last checkpoint: a longer --resume skips it
+    # After the last checkpoint, so that a longer --resume does not repeat it.
+    if args.total_steps % args.eval_every:
         evaluate_and_log(agent, args, state, run, data, atoms)
     state.wall_time = time.time() - run.start
-    run.progress.close(), run.writer.close()
+    run.progress.close()
+    run.writer.close()
     if args.save_model:
         export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
     return write_results(args, state, run.dir, dataset_info)
@@ -639,15 +722,14 @@ class StopSignals:
     checkpoints and exits. Before the loop, after it, or a second signal: exit at once. The handlers that
     were there before are back when the `with` block ends (a caller of `main` keeps its own)."""
 
-    def __init__(self):
-        self.signum = 0
-        self.run = None
-        self.loop_ended = False
-        self.previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signum = 0
+    run = None
+    loop_ended = False
 
     def __enter__(self) -> "StopSignals":
-        for signum in self.previous:
-            signal.signal(signum, self.handle)
+        self.previous = {
+            signum: signal.signal(signum, self.handle) for signum in (signal.SIGINT, signal.SIGTERM)
+        }
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -693,20 +775,27 @@ def d4rl_score(info: dict) -> np.ndarray | None:
 def evaluate(agent: Agent, args: Args, step: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Returns [alphas, episodes] of the clipped policy mean at every --eval-alphas, D4RL scores (best in the
     episode); every α meets the same reset seeds, from (seed, step)."""
-    alphas, episodes, device = len(args.eval_alphas), args.eval_episodes, next(agent.parameters()).device
+    alphas = len(args.eval_alphas)
+    episodes = args.eval_episodes
     n = alphas * episodes
+    device = next(agent.parameters()).device
     envs = make_envs(args.env_id, n, args.env_kwargs)
     seeds = np.random.SeedSequence([args.seed, step]).generate_state(episodes)
     obs, _ = envs.reset(seed=[int(s) for s in np.tile(seeds, alphas)])
     cond = torch.tensor(args.eval_alphas, dtype=torch.float32, device=device).repeat_interleave(episodes)
-    returns, scores, alive, scored = np.zeros(n), np.zeros(n), np.ones(n, bool), False
+    returns = np.zeros(n)
+    scores = np.zeros(n)
+    alive = np.ones(n, bool)
+    scored = False
     while alive.any():
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         actions = agent.policy(torch.cat([obs, cond[:, None]], -1))[0]
         obs, reward, terminated, truncated, info = envs.step(actions.clamp(-1.0, 1.0).cpu().numpy())
         returns += reward * alive
-        if (score := d4rl_score(info)) is not None:
-            scores, scored = np.where(alive, np.maximum(scores, score), scores), True
+        score = d4rl_score(info)
+        if score is not None:
+            scores = np.where(alive, np.maximum(scores, score), scores)
+            scored = True
         alive &= ~(terminated | truncated)
     envs.close()
     return returns.reshape(alphas, episodes), scores.reshape(alphas, episodes) if scored else None
@@ -718,7 +807,7 @@ def critic_rank_correlation(critic: nn.Module, data: dict, atoms, alpha_range, r
     evenly spaced rows, at the middle trade-off: does the critic order the data like its returns?"""
     size = len(data["returns"])
     idx = torch.linspace(0, size - 1, min(rows, size), device=atoms.device).long()
-    alpha = torch.full_like(idx[:, None], sum(alpha_range) / 2, dtype=torch.float32)  # mid trade-off
+    alpha = torch.full_like(idx[:, None], sum(alpha_range) / 2, dtype=torch.float32)
     obs = torch.cat([data["observations"][idx], alpha], -1)
     q = (critic(obs, data["actions"][idx]).softmax(-1) * atoms).sum(-1)
     ranks = torch.stack([x.argsort().argsort().float() for x in (q, data["mc_returns"][idx])])
@@ -755,7 +844,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run, data
 def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dict) -> dict:
     """results.json (fields: docs/<script>.md, Outputs): per-α final returns and the best α; alphas.png:
     final return (mean ± std over episodes) against the trade-off α, best α marked."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
+    from matplotlib.figure import Figure
 
     last = state.evaluations[-len(args.eval_alphas) :]
     final = [{"alpha": e["alpha"], "mean": e["mean"], "std": float(np.std(e["returns"]))} for e in last]
@@ -766,10 +855,11 @@ def write_results(args: Args, state: TrainState, run_dir: str, dataset_info: dic
     results.update(best=max(final, key=lambda f: f["mean"]), learner_steps=state.learner_steps)
     results.update(wall_time_s=state.wall_time, args=dataclasses.asdict(args))
     results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
-    results["precision"] = "bf16 autocast, fp32 heads" if args.bf16 else "fp32"  # after check_device
+    results["precision"] = "bf16 autocast, fp32 heads" if args.bf16 else "fp32"
     write_json(os.path.join(run_dir, "results.json"), results)
     alphas, mean, std = (np.array([f[k] for f in final]) for k in ("alpha", "mean", "std"))
-    ax = (fig := Figure(figsize=(5, 3.5), layout="tight")).subplots()
+    fig = Figure(figsize=(5, 3.5), layout="tight")
+    ax = fig.subplots()
     ax.plot(alphas, mean, marker="o")
     ax.fill_between(alphas, mean - std, mean + std, alpha=0.2)
     ax.axvline(results["best"]["alpha"], color="C3", ls="--", label=f"best α = {results['best']['alpha']}")
@@ -786,8 +876,8 @@ def write_json(path: str, obj) -> None:
 
 
 def atomic_write(path: str, write) -> None:
-    """Write a temporary file beside `path` and rename it: a crash never leaves half a file at `path`."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")  # same suffix
+    """Write a temporary file beside `path` (same suffix) and rename it: a crash never leaves half a file."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")
     write(tmp)
     os.replace(tmp, path)
 
@@ -806,7 +896,7 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """A --resume checkpoint with the flags a resume may change; refuses bad files and clashing flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
+    except Exception as e:
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
         fail(f"--resume {args.resume} was not written by {SCRIPT}; pass one of its own")
@@ -817,7 +907,8 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 def resumed_args(args: Args, typed: frozenset[str], saved: dict) -> dict:
     """The checkpoint's flags, with the RESUME_OVERRIDES given now. A flag is given when typed on the command
     line (even at its default) or away from its default; a given flag outside RESUME_OVERRIDES must agree."""
-    as_json = lambda a: json.loads(json.dumps(a))  # tuples and lists compare equal
+    # Through JSON, tuples and lists compare equal.
+    as_json = lambda a: json.loads(json.dumps(a))
     now = as_json(dataclasses.asdict(args))
     default = as_json(dataclasses.asdict(Args(env_id=args.env_id)))
     given = {k for k in now if now[k] != default[k] or "--" + k.replace("_", "-") in typed}
@@ -832,7 +923,7 @@ def restore(ckpt: dict, agent: Agent, optimizers: dict, gen) -> TrainState:
     """Load a checkpoint's networks, optimisers and RNG in place; returns its TrainState, on their device."""
     try:
         agent.load_state_dict(ckpt["agent"])
-    except RuntimeError as e:  # written by another version of this script: other parameters
+    except RuntimeError as e:
         missing = str(e).splitlines()[-1].strip()
         fail(f"--resume: the checkpoint's parameters do not fit this script ({missing}); start a new run")
     for k, opt in optimizers.items():
@@ -848,7 +939,8 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
     """torch.export of the policy: `torch.export.load(path).module()(obs)` -> (mean, stddev); meta.json."""
     policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
     policy.load_state_dict(agent.policy.state_dict())
-    example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
+    example = torch.zeros(2, policy.torso[0].in_features)
+    batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
     meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
     meta.update(conditioned="the last input column is the trade-off α", hidden_sizes=list(args.hidden_sizes))
@@ -857,5 +949,6 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
 
 
 if __name__ == "__main__":
-    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])  # on the command line, even at the default
+    # The flags on the command line, even those given at their default (load_checkpoint).
+    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])
     main(tyro.cli(Args, description=__doc__.split("\n\n")[0]), typed)

@@ -157,7 +157,7 @@ def test_gaussian_log_prob_and_kl_match_torch_distributions(core):
 def test_kl_penalty_and_dual_gradients(core):
     kl = torch.tensor([[0.01, 0.03], [0.03, 0.05]], requires_grad=True)
     log_alpha = torch.tensor([0.0, 1.0], requires_grad=True)
-    penalty, dual_loss, mean_kl = core.compute_kl_penalty_and_dual_loss(kl, log_alpha, 0.02)
+    penalty, dual_loss, mean_kl = core.compute_kl_penalty_and_dual_loss(kl, core.dual(log_alpha), 0.02)
     alpha = core.dual(log_alpha).detach()
     assert penalty.item() == pytest.approx((alpha * torch.tensor([0.02, 0.04])).sum().item(), rel=1e-6)
     assert mean_kl.item() == pytest.approx(0.03, rel=1e-6)
@@ -166,7 +166,8 @@ def test_kl_penalty_and_dual_gradients(core):
     (g_kl,) = torch.autograd.grad(dual_loss, kl, allow_unused=True)
     assert g_kl is None  # the dual does not train the policy
     # The dual grows α where KL exceeds ε (dimension 1: 0.04 > 0.02) and shrinks it where KL is below.
-    (g,) = torch.autograd.grad(core.compute_kl_penalty_and_dual_loss(kl, log_alpha, 0.03)[1], log_alpha)
+    dual_loss = core.compute_kl_penalty_and_dual_loss(kl, core.dual(log_alpha), 0.03)[1]
+    (g,) = torch.autograd.grad(dual_loss, log_alpha)
     assert g[0] > 0 and g[1] < 0
 
 

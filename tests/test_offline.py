@@ -54,7 +54,9 @@ def loss_inputs(module, alpha: float, seed: int = 0, q_scale: float = 1.0, **fla
     sampled = target_mean + target_stddev * torch.randn(5, 7, 2)
     q_values = torch.randn(6, 7) * q_scale
     valid = torch.tensor([1.0, 1, 1, 0, 1, 1, 1])
-    batch = module.PolicyBatch(states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values)
+    batch = module.PolicyBatch(
+        states, dataset_actions, valid, target_mean, target_stddev, sampled, q_values[:-1], q_values[-1]
+    )
     return agent, args, batch
 
 
@@ -78,7 +80,8 @@ def test_crr_ls_at_alpha_1_is_dime_bc_at_alpha_1():
     grads = []
     for module in (crr_ls, dime_bc):
         agent, args, batch = loss_inputs(module, alpha=1.0, q_scale=50.0, epsilon_mean=0.0025)
-        batch.q_values[:-1] += torch.randn(5, 7)  # the sampled actions' Q must not matter at α = 1
+        # The sampled actions' Q must not matter at α = 1.
+        batch = batch._replace(q_sampled=batch.q_sampled + torch.randn(5, 7))
         loss, _ = module.policy_loss(agent, batch, args)
         loss.backward()
         params = [*agent.policy.parameters(), agent.log_alpha_mean, agent.log_alpha_stddev]
@@ -115,7 +118,7 @@ def test_crr_ls_weights_stay_finite_for_tiny_alpha():
     import crr_ls
 
     q_values = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1000.0, -1000.0, 1e-3]])  # A = ±1000
-    weights = crr_ls.compute_advantage_weights(q_values, alpha=0.001, max_weight=20.0)
+    weights = crr_ls.compute_advantage_weights(q_values[:-1], q_values[-1], alpha=0.001, max_weight=20.0)
     assert torch.isfinite(weights).all()
     torch.testing.assert_close(weights, torch.tensor([20.0, 0.0, math.exp(0.999)]))
 
@@ -124,7 +127,7 @@ def test_dime_awbc_weights_the_dataset_action_by_clipped_exp_advantage():
     import dime_awbc
 
     q_values = torch.tensor([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0], [2.5, 10.0, 4.0]])  # A = 0.5, 10, -1
-    weights = dime_awbc.bc_objective_weights(q_values, dime_awbc.Args(alpha=0.5))
+    weights = dime_awbc.bc_objective_weights(q_values[:-1], q_values[-1], dime_awbc.Args(alpha=0.5))
     torch.testing.assert_close(weights, torch.tensor([math.exp(0.5), 20.0, math.exp(-1.0)]))
 
 
@@ -137,7 +140,7 @@ def test_dime_alpha_selects_the_objective(script):
         _, stats = module.policy_loss(agent, batch, args)
         batch = batch._replace(**{changed: getattr(batch, changed) + 0.3})
         _, perturbed = module.policy_loss(agent, batch, args)
-        torch.testing.assert_close(stats["losses/policy_loss"], perturbed["losses/policy_loss"])
+        torch.testing.assert_close(stats["policy_loss"], perturbed["policy_loss"])
 
 
 def test_dime_bc_cross_entropy_matches_the_mixture_of_eq_11():
@@ -146,14 +149,15 @@ def test_dime_bc_cross_entropy_matches_the_mixture_of_eq_11():
 
     agent, args, batch = loss_inputs(dime_bc, alpha=0.45)
     _, stats = dime_bc.policy_loss(agent, batch, args)
-    _, actions, valid, mean_i, std_i, sampled, q_values = batch
     temperature = float(dime_bc.dual(agent.log_temperature).detach())
-    weights = torch.softmax(q_values[:-1] / temperature, 0)
-    normal = torch.distributions.Normal(mean_i.detach(), std_i.detach())
+    weights = torch.softmax(batch.q_sampled / temperature, 0)
+    normal = torch.distributions.Normal(batch.target_mean.detach(), batch.target_stddev.detach())
     log_prob = lambda a: normal.log_prob(a).sum(-1)  # noqa: E731
-    per_state = (1 - 0.45) * (weights * log_prob(sampled)).sum(0) + 0.45 * log_prob(actions)
-    expected = -2 * (valid * per_state).mean()  # two decoupled halves, equal at π_θ = π_i
-    torch.testing.assert_close(stats["losses/policy_loss"], expected, rtol=1e-5, atol=1e-5)
+    per_state = (1 - 0.45) * (weights * log_prob(batch.sampled)).sum(0) + 0.45 * log_prob(
+        batch.dataset_actions
+    )
+    expected = -2 * (batch.valid * per_state).mean()  # two decoupled halves, equal at π_θ = π_i
+    torch.testing.assert_close(stats["policy_loss"], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -164,7 +168,10 @@ def test_offline_diagnostics_match_plain_reductions(script):
     q_values, stddev = torch.randn(6, 9, generator=g), torch.rand(9, 2, generator=g) + 0.1
     weights = torch.tensor([0.05, 1.0, 12.0, 0.5, 2.0, 30.0, 0.01, 1.0, 3.0])
     valid = torch.tensor([1.0, 1, 1, 0, 1, 1, 0, 1, 1])
-    stats = module.offline_diagnostics(q_values, weights, stddev, valid)
+    batch = module.PolicyBatch(*[None] * 6, q_sampled=q_values[:-1], q_dataset=q_values[-1])._replace(
+        valid=valid
+    )
+    stats = module.offline_diagnostics(batch, weights, stddev)
     keep = valid > 0
     advantage = (q_values[-1] - q_values[:-1].mean(0))[keep]
     w = weights[keep]
@@ -182,9 +189,9 @@ def test_offline_diagnostics_match_plain_reductions(script):
         "pi_stddev_max": stddev.max(),
     }
     for key, value in expected.items():
-        torch.testing.assert_close(stats[f"losses/{key}"], value, msg=key)
-    uniform = module.offline_diagnostics(q_values, torch.ones(9), stddev, valid)
-    torch.testing.assert_close(uniform["losses/weight_ess"], torch.tensor(1.0))  # BC's weights: all equal
+        torch.testing.assert_close(stats[key], value, msg=key)
+    uniform = module.offline_diagnostics(batch, torch.ones(9), stddev)
+    torch.testing.assert_close(uniform["weight_ess"], torch.tensor(1.0))  # BC's weights: all equal
 
 
 def test_critic_rank_correlation_is_spearman():
