@@ -23,10 +23,10 @@ batch 256, N = 20) on cartpole_swingup, the offline ones on a small zoo dataset 
 - run --bf16: the same run with --bf16, which must report bf16 precision; skipped where the script's own
   check_device would train in fp32 (a GPU or CPU without native bfloat16).
 - SIGINT, --resume: the same run again, with SIGINT raised for real (`signal.raise_signal`) after learner step
-  137 (7 in the dry run), not a log or checkpoint step; the script must exit with status 130 and one stderr
-  line naming its --resume command, and that resumed run's results.json must equal the fp32 run's (timing
-  and paths aside). On the CPU bit for bit; on a GPU bit for bit or within a relative 1e-3 (float atomics),
-  and the row says which, naming the ops that warned they have no deterministic implementation.
+  137 (7 in the dry run), not a log or checkpoint step; the script must exit with status 130 and print a
+  stderr line naming its --resume command, and that resumed run's results.json must equal the fp32 run's
+  (timing and paths aside). On the CPU bit for bit; on a GPU bit for bit or within a relative 1e-3 (float
+  atomics), and the row says which, naming the ops that warned they have no deterministic implementation.
 - --compile: the same run with --compile (torch.compile's inductor backend, as the scripts use it; in the
   dry run its eager backend: dynamo's graph capture without code generation, which takes minutes on a small
   CPU); it must end with finite evaluations; the row gives compiled against eager steps/s and graph breaks.

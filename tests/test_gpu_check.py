@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_check  # noqa: E402
 
-# Rows that may be skipped on a machine without the hardware or the package.
+# Rows that may be skipped: bfloat16, on a CPU without native bfloat16 matmuls.
 MAY_SKIP = {gpu_check.LABELS["bf16"], gpu_check.LABELS["speed_bf16"]}
 
 
