@@ -23,8 +23,8 @@ Decisions the paper leaves open (docs/dime_finetune.md, "Implementation details"
   for the first --alpha-warmup-steps learner steps; off by default, as J(α) does not wait for the critic).
 - As in dime_morl.py and Acme's DMPO learner, the E-step runs on the bootstrap states s_{t+n} and shares
   the N target-policy actions and the single target-critic pass of the C51 target.
-- Actors are a lockstep vector env reset together ("rounds"); reset seeds derive from (seed, round), and
-  evaluations and checkpoints fall on round boundaries, so `--resume` continues exactly.
+- Actors are a lockstep vector env reset together ("rounds"), seeds from (seed, round); evaluations fall
+  between rounds. A stop mid-round keeps its actions: --resume re-executes them (deterministic envs) exactly.
 Shape letters: B batch, N sampled actions per state, D action dims, I atoms, E actors.
 """
 
@@ -142,17 +142,18 @@ class Args:
 
 @dataclass
 class TrainState:
-    """All a checkpoint carries besides networks, optimisers, replay and RNG: counters and results so far."""
+    """All a checkpoint holds besides networks, optimisers, replay, RNG: counters, results, round so far."""
 
     learner_steps: int = 0
     env_steps: int = 0
     round: int = 0  # rounds of episodes played (every actor plays one per round)
     credit: float = 0.0  # learner steps owed to the replay ratio
     wall_time: float = 0.0
-    last_eval: int = -1  # learner step of the last evaluation and checkpoint (both fall between rounds)
+    last_eval: float = -math.inf  # learner step of the last evaluation (between rounds)
     last_ckpt: int = 0
     evaluations: list = field(default_factory=list)
     teacher_returns: list | None = None
+    round_actions: list = field(default_factory=list)
 
 
 def fail(message: str) -> None:
@@ -223,10 +224,9 @@ def load_teacher(args: Args, obs_dim: int, act_dim: int, device):
     """The exported teacher π_b (torch.export program), checked against the env's sizes."""
     path = args.teacher
     if path is None:
-        try:
+        entries = []
+        with contextlib.suppress(DatasetError):  # no zoo policy at all for this task
             entries = [e for e in zoo_policies(args.env_id) if e["name"] == "middle"]
-        except DatasetError:  # no zoo policy at all for this task
-            entries = []
         if not entries:
             fail(f"no middle zoo policy for {args.env_id}; pass --teacher PATH (an exported policy .pt2)")
         path = os.path.join(ROOT, entries[0]["file"])
@@ -522,9 +522,9 @@ class Replay:
         return d["obs"][t, e], d["actions"][t, e], returns, discounts, d["next_obs"][last, e]
 
     def state_dict(self) -> dict:
-        """The filled rows only (a checkpoint of a young buffer stays small)."""
+        """Copies of the filled rows (a slice would save its whole storage): a young buffer's is small."""
         rows = self.rows if self.full else self.pos
-        return {**{k: v[:rows] for k, v in self.data.items()}, "pos": self.pos, "full": self.full}
+        return {**{k: v[:rows].clone() for k, v in self.data.items()}, "pos": self.pos, "full": self.full}
 
     def load_state_dict(self, saved: dict) -> None:
         for k in self.KEYS:
@@ -599,10 +599,8 @@ class Run:
             wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
         self.writer, table = SummaryWriter(self.dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        bar = dict(
-            unit="env step", desc=args.env_id, dynamic_ncols=True, disable=None
-        )  # tqdm off when not a tty
-        self.progress = tqdm(total=args.total_env_steps, initial=state.env_steps, **bar)
+        bar = dict(unit="env step", desc=args.env_id, dynamic_ncols=True, disable=None)
+        self.progress = tqdm(total=args.total_env_steps, initial=state.env_steps, **bar)  # off when not a tty
         self.start, self.last_log = time.time() - state.wall_time, (state.learner_steps, time.time())
 
     def log(self, agent: Agent, metrics: list[dict], step: int) -> None:
@@ -669,15 +667,12 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
         restore(ckpt, learner)
     stop.run = run = Run(args, state)
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
-    while state.env_steps < args.total_env_steps and not stop.signum:  # a stop ends the round in progress
-        before = state.env_steps
-        if state.last_eval < 0 or state.learner_steps - state.last_eval >= args.eval_every:
+    while (state.round_actions or state.env_steps < args.total_env_steps) and not stop.signum:
+        if not state.round_actions and state.learner_steps - state.last_eval >= args.eval_every:
             evaluate_and_log(agent, args, state, run)
         if checkpoint_every and state.learner_steps - state.last_ckpt >= checkpoint_every:
             save_checkpoint(run, args, learner, state)
-        if not stop.signum:  # checkpoints fall between rounds
-            run_round(envs, learner, args, state, run)
-        run.progress.update(state.env_steps - before)
+        run_round(envs, learner, args, state, run, stop)
     if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
         stop.exit(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
     if checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
@@ -714,13 +709,24 @@ class StopSignals:
         sys.exit(128 + self.signum)
 
 
-def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run) -> None:
-    """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave."""
+def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run, stop: StopSignals) -> None:
+    """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave. A stop
+    mid-episode returns after the current learner or env step; a resumed round re-executes its actions."""
     device = learner.atoms.device
     obs, _ = envs.reset(seed=round_seeds(args.seed, state.round, 0, args.num_envs))
+    episode_return = torch.zeros(args.num_envs, device=device)
+    done = False
+    for executed in state.round_actions:
+        obs, reward, *_ = envs.step(np.array(executed, np.float32))
+        episode_return = episode_return + torch.as_tensor(reward, dtype=torch.float32, device=device)
     obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-    episode_return, done = torch.zeros(args.num_envs, device=device), False
-    while not done:
+    while not done or state.credit >= 1.0:
+        if stop.signum and state.round_actions and not done:
+            return
+        if state.credit >= 1.0:
+            learn(learner, args, state, run)
+            state.credit -= 1.0
+            continue
         with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
             mean, stddev = learner.agent.policy(obs)
             noise = torch.randn(mean.shape, device=device, generator=learner.gen)
@@ -728,34 +734,30 @@ def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run) -
         executed = actions.cpu().numpy()
         if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
             check_finite(learner.agent, state.learner_steps, run.dir)
+        state.round_actions.append(executed.tolist())
         next_obs, reward, terminated, truncated, _ = envs.step(executed)
         done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
         rewards = torch.as_tensor(reward, dtype=torch.float32, device=device)
-        next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-        terminals = torch.as_tensor(terminated, device=device)
-        transition = dict(obs=obs, actions=actions, rewards=rewards, next_obs=next_obs, terminals=terminals)
-        learner.replay.add(**transition, ends=torch.full_like(terminals, done))
-        episode_return, obs = episode_return + rewards, next_obs
+        transition = dict(obs=obs, actions=actions, rewards=rewards, terminals=torch.as_tensor(terminated))
+        obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+        learner.replay.add(**transition, next_obs=obs, ends=done)
+        episode_return = episode_return + rewards
         state.env_steps += args.num_envs
+        run.progress.update(args.num_envs)
         if state.env_steps >= max(args.learning_starts, args.num_envs * args.n_step):
             state.credit += args.num_envs * args.replay_ratio
-            while state.credit >= 1.0:
-                learn(learner, args, state, run)
-                state.credit -= 1.0
     learner.agent.policy_return.fill_(episode_return.mean())  # the learned trade-off's E[Q] (policy_loss)
     run.writer.add_scalar("charts/episodic_return", episode_return.mean().item(), state.env_steps)
     state.round += 1
+    state.round_actions = []
 
 
 def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     """One learner step (α held during --alpha-warmup-steps), the target update and the log when due."""
-    optimizers = learner.optimizers
-    if state.learner_steps < args.alpha_warmup_steps:
-        optimizers = {k: o for k, o in optimizers.items() if k != "tradeoff"}
-    stats = learner_step(
-        learner.agent, optimizers, learner.replay, learner.teacher, learner.atoms, args, learner.gen
-    )
-    learner.metrics.append(stats)
+    warm_up = state.learner_steps < args.alpha_warmup_steps
+    optimizers = {k: o for k, o in learner.optimizers.items() if k != "tradeoff" or not warm_up}
+    inputs = (learner.agent, optimizers, learner.replay, learner.teacher, learner.atoms, args, learner.gen)
+    learner.metrics.append(learner_step(*inputs))
     state.learner_steps += 1
     if state.learner_steps % args.target_update_period == 0:
         learner.agent.update_targets()
@@ -792,8 +794,7 @@ def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run) -> N
     returns = evaluate(agent.policy, args, state.round, next(agent.parameters()).device)
     alpha = float(tradeoff(agent, args).detach())
     record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}
-    record["mean"] = float(returns.mean())
-    state.evaluations.append(record)
+    state.evaluations.append({**record, "mean": float(returns.mean())})
     run.progress.write(f"step {step} (env steps {env_steps}) α {alpha:.3f}: return {returns.mean():.1f}")
     run.writer.add_scalar("eval/episodic_return", returns.mean(), step)
     state.last_eval = step
@@ -840,15 +841,13 @@ def atomic_write(path: str, write) -> None:
 
 
 def save_checkpoint(run: Run, args: Args, learner: Learner, state: TrainState) -> None:
-    """Everything needed to continue exactly: networks, targets, duals, trade-off, optimisers, replay, RNG,
-    the TrainState."""
+    """All --resume needs: networks, targets, duals, α, optimisers, replay, RNG, metrics, TrainState."""
     check_finite(learner.agent, state.learner_steps, run.dir)
     state.wall_time, state.last_ckpt = time.time() - run.start, state.learner_steps
     ckpt = dict(script=SCRIPT, args=dataclasses.asdict(args), agent=learner.agent.state_dict())
     ckpt["optimizers"] = {k: o.state_dict() for k, o in learner.optimizers.items()}
-    ckpt.update(
-        replay=learner.replay.state_dict(), rng=learner.gen.get_state(), state=dataclasses.asdict(state)
-    )
+    ckpt.update(replay=learner.replay.state_dict(), rng=learner.gen.get_state(), metrics=learner.metrics)
+    ckpt["state"] = dataclasses.asdict(state)
     atomic_write(os.path.join(run.dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
@@ -872,7 +871,7 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 def restore(ckpt: dict, learner: Learner) -> None:
-    """Load a checkpoint's networks, optimisers, replay and RNG in place."""
+    """Load a checkpoint's networks, optimisers, replay, RNG and metrics since the last log in place."""
     try:
         learner.agent.load_state_dict(ckpt["agent"])
     except RuntimeError as e:  # written by another version of this script: other parameters
@@ -882,6 +881,7 @@ def restore(ckpt: dict, learner: Learner) -> None:
         opt.load_state_dict(ckpt["optimizers"][k])
     learner.replay.load_state_dict(ckpt["replay"])
     learner.gen.set_state(ckpt["rng"])
+    learner.metrics = [{k: v.to(learner.atoms.device) for k, v in m.items()} for m in ckpt.get("metrics", [])]
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:

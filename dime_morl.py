@@ -17,10 +17,9 @@ Decisions the paper leaves open (docs/dime_morl.md, "Implementation details"):
   policy actions and the one target-critic pass of the C51 target: half the cost of a learner step.
 - One critic torso, one categorical head per objective on its own support: task [v_min, v_max], cost
   [-√D·cost_scale/(1-γ), 0] unless --cost-v-min: scaling the cost scales its support (scale invariance).
-- Actors are a gymnasium vector env stepped in lockstep and reset together ("rounds"; control-suite
-  episodes all last 1000 steps; if one actor terminates, the others are cut there as a truncation).
-  Evaluations and checkpoints fall on round boundaries and reset seeds derive from (seed, round), so
-  `--resume` continues exactly. Bandits have no rounds.
+- Actors: a vector env stepped in lockstep, reset together with seeds from (seed, round) ("rounds" of 1000
+  steps; one actor's end cuts the others, a truncation); evaluations fall between rounds. A stop mid-round
+  keeps its trade-offs and actions: --resume re-executes them (deterministic envs). Bandits have no rounds.
 - `--multi` conditions policy and critic on the trade-off vector: actors draw α ~ U(--alpha-range) per
   episode, the learner relabels every sampled transition with a fresh α (App. A).
 - The cost uses the executed (clipped) action; `--save-replay` stores the task reward.
@@ -170,16 +169,18 @@ class Args:
 
 @dataclass
 class TrainState:
-    """All a checkpoint carries besides networks, optimisers, replay and RNG: counters and results so far."""
+    """All a checkpoint holds besides networks, optimisers, replay, RNG: counters, results, round so far."""
 
     learner_steps: int = 0
     env_steps: int = 0
     round: int = 0  # rounds of episodes played (every actor plays one per round)
     credit: float = 0.0  # learner steps owed to the replay ratio
     wall_time: float = 0.0
-    last_eval: int = -1  # learner step of the last evaluation and checkpoint (both fall between rounds)
+    last_eval: float = -math.inf  # learner step of the last evaluation (between rounds)
     last_ckpt: int = 0
     evaluations: list = field(default_factory=list)
+    round_alphas: list = field(default_factory=list)
+    round_actions: list = field(default_factory=list)
 
 
 def fail(message: str) -> None:
@@ -566,9 +567,9 @@ class Replay:
         return d["obs"][t, e], d["actions"][t, e], returns, discounts, d["next_obs"][last, e]
 
     def state_dict(self) -> dict:
-        """The filled rows only (a checkpoint of a young buffer stays small)."""
+        """Copies of the filled rows (a slice would save its whole storage): a young buffer's is small."""
         rows = self.rows if self.full else self.pos
-        return {**{k: v[:rows] for k, v in self.data.items()}, "pos": self.pos, "full": self.full}
+        return {**{k: v[:rows].clone() for k, v in self.data.items()}, "pos": self.pos, "full": self.full}
 
     def load_state_dict(self, saved: dict) -> None:
         for k in self.KEYS:
@@ -724,19 +725,16 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     counter, total = ("learner_steps", args.total_steps) if bandit else ("env_steps", args.total_env_steps)
     stop.run = run = Run(args, state, total, getattr(state, counter))
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
-    while getattr(state, counter) < total and not stop.signum:  # a stop ends the round (bandit: step) first
-        before = getattr(state, counter)
-        if state.last_eval < 0 or state.learner_steps - state.last_eval >= args.eval_every:
+    while (state.round_actions or getattr(state, counter) < total) and not stop.signum:
+        if not state.round_actions and state.learner_steps - state.last_eval >= args.eval_every:
             evaluate_and_log(agent, args, eval_alphas, state, run)
         if checkpoint_every and state.learner_steps - state.last_ckpt >= checkpoint_every:
             save_checkpoint(run, args, learner, state)
-        if stop.signum:  # checkpoints fall between rounds
-            break
-        if bandit:
+        if bandit and not stop.signum:
             learn(learner, args, state, run)
-        else:
-            run_round(envs, learner, args, state, run)
-        run.progress.update(getattr(state, counter) - before)
+            run.progress.update(1)
+        elif not bandit:
+            run_round(envs, learner, args, state, run, stop)
     if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
         stop.exit(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
     if checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
@@ -775,39 +773,55 @@ class StopSignals:
         sys.exit(128 + self.signum)
 
 
-def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run) -> None:
-    """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave."""
+def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run, stop: StopSignals) -> None:
+    """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave. A stop
+    mid-episode returns after the current learner or env step; a resumed round re-executes its actions."""
     device, gen = learner.gen.device, learner.gen
     obs, _ = envs.reset(seed=round_seeds(args.seed, state.round, 0, args.num_envs))
+    if not state.round_actions:  # a new round: one trade-off per actor and episode (App. C)
+        state.round_alphas = draw_alphas(args, args.num_envs, gen, device).tolist()
+    cond = tradeoff_vector(torch.tensor(state.round_alphas, device=device), args)
+    episode_return = torch.zeros(args.num_envs, 2, device=device)
+    done = False
+    for executed in state.round_actions:
+        obs, rewards, _, done = step_envs(envs, np.array(executed, np.float32), args, device)
+        episode_return = episode_return + rewards
     obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-    alphas = draw_alphas(args, args.num_envs, gen, device)  # one per actor and episode (App. C)
-    cond = tradeoff_vector(alphas, args)
-    episode_return, done = torch.zeros(args.num_envs, 2, device=device), False
-    while not done:
+    while not done or state.credit >= 1.0:
+        if stop.signum and state.round_actions and not done:
+            return
+        if state.credit >= 1.0:
+            learn(learner, args, state, run)
+            state.credit -= 1.0
+            continue
         with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
             mean, stddev = learner.agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
         executed = actions.cpu().numpy()
         if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
             check_finite(learner.agent, state.learner_steps, run.dir)
-        next_obs, reward, terminated, truncated, _ = envs.step(executed)
-        done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
-        cost = -torch.linalg.vector_norm(actions, dim=-1) * args.cost_scale
-        rewards = torch.stack([torch.as_tensor(reward, dtype=torch.float32, device=device), cost], -1)
-        next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-        terminals = torch.as_tensor(terminated, device=device)
-        transition = dict(obs=obs, actions=actions, rewards=rewards, next_obs=next_obs, terminals=terminals)
-        learner.replay.add(**transition, ends=torch.full_like(terminals, done))
-        episode_return, obs = episode_return + rewards, next_obs
+        state.round_actions.append(executed.tolist())
+        transition = dict(obs=obs, actions=actions)
+        obs, rewards, terminals, done = step_envs(envs, executed, args, device)
+        learner.replay.add(**transition, rewards=rewards, next_obs=obs, terminals=terminals, ends=done)
+        episode_return = episode_return + rewards
         state.env_steps += args.num_envs
+        run.progress.update(args.num_envs)
         if state.env_steps >= max(args.learning_starts, args.num_envs * args.n_step):
             state.credit += args.num_envs * args.replay_ratio
-            while state.credit >= 1.0:
-                learn(learner, args, state, run)
-                state.credit -= 1.0
     for tag, value in zip(("episodic_return", "episodic_cost"), episode_return.mean(0).tolist()):
         run.writer.add_scalar(f"charts/{tag}", value, state.env_steps)
     state.round += 1
+    state.round_actions = []
+
+
+def step_envs(envs, executed: np.ndarray, args: Args, device) -> tuple:
+    """Step the actors: next observations [E, S], rewards [E, K] (task, action cost), terminals [E], done."""
+    next_obs, reward, terminated, truncated, _ = envs.step(executed)
+    cost = -torch.linalg.vector_norm(torch.as_tensor(executed, device=device), dim=-1) * args.cost_scale
+    rewards = torch.stack([torch.as_tensor(reward, dtype=torch.float32, device=device), cost], -1)
+    next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+    return next_obs, rewards, torch.as_tensor(terminated), bool(np.any(terminated | truncated))
 
 
 def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
@@ -879,8 +893,8 @@ def evaluate_and_log(agent: Agent, args: Args, eval_alphas: list, state: TrainSt
         state.evaluations.append(record)
         run.progress.write(line)
         prefix = f"eval/alpha_{alpha}/" if args.multi else "eval/"
-        run.writer.add_scalar(prefix + "episodic_return", mean[0], step)
-        run.writer.add_scalar(prefix + "episodic_cost", mean[1], step)
+        for tag, value in zip(("episodic_return", "episodic_cost"), mean):
+            run.writer.add_scalar(prefix + tag, value, step)
     state.last_eval = step
 
 
@@ -900,13 +914,10 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     return float(area)
 
 
-def write_results(
-    args: Args, state: TrainState, run_dir: str, eval_alphas: list[float], act_dim: int
-) -> dict:
+def write_results(args: Args, state: TrainState, run_dir: str, eval_alphas: list, act_dim: int) -> dict:
     """results.json (docs/dime_morl.md) with the final evaluation's Pareto front and hypervolume; a plot."""
-    final = []  # the last evaluation, one entry per trade-off
-    for e in state.evaluations[-len(eval_alphas) :]:
-        final.append({"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()})
+    last = state.evaluations[-len(eval_alphas) :]  # the last evaluation, one entry per trade-off
+    final = [{"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()} for e in last]
     points = np.array([f["mean"] for f in final])
     # Hypervolume reference: each objective's worst return (bandits: its value at the other's optimum).
     worst = {"schaffer": [-4.0, -4.0], "fonseca_fleming": [-1.0, -1.0]}
@@ -931,7 +942,7 @@ def plot_front(results: dict, path: str) -> None:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
 
     env_id, evaluations = results["env_id"], results["evaluations"]
-    ax = (fig := Figure(figsize=(5, 4), layout="tight")).subplots()
+    ax = Figure(figsize=(5, 4), layout="tight").subplots()
     if env_id in BANDITS:  # the true front: the rewards of every Pareto-optimal action
         optimal = torch.linspace(*((0.0, 2.0) if env_id == "schaffer" else (-1.0, 1.0)), 200)[:, None]
         ax.plot(*bandit_rewards(env_id, optimal).T, color="0.8", lw=3, label="Pareto front")
@@ -940,9 +951,9 @@ def plot_front(results: dict, path: str) -> None:
     ax.scatter(*np.array(results["pareto"]).T, color="C3", marker="*", s=120, label="final, non-dominated")
     x_label, y_label = (f"return: {name}" for name in results["objectives"])
     ax.set(xlabel=x_label, ylabel=y_label, title=f"{env_id}, {results['method']}, α = {results['alpha']}")
-    fig.colorbar(sc, label="learner step")
+    ax.figure.colorbar(sc, label="learner step")
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=100)
+    ax.figure.savefig(path, dpi=100)
 
 
 # ==== 11. Run directory, checkpoints (atomic), resume, export =============================================
@@ -958,14 +969,14 @@ def atomic_write(path: str, write) -> None:
 
 
 def save_checkpoint(run: Run, args: Args, learner: Learner, state: TrainState) -> None:
-    """Everything needed to continue exactly: networks, targets, duals, optimisers, replay, RNG, the
-    TrainState."""
+    """Everything needed to continue exactly: networks, targets, duals, optimisers, replay, RNG, the metrics
+    since the last log, the TrainState (a stopped round's trade-offs and actions too)."""
     check_finite(learner.agent, state.learner_steps, run.dir)
     state.wall_time, state.last_ckpt = time.time() - run.start, state.learner_steps
     ckpt = {"script": SCRIPT, "args": dataclasses.asdict(args), "agent": learner.agent.state_dict()}
     ckpt["optimizers"] = {k: o.state_dict() for k, o in learner.optimizers.items()}
     ckpt["replay"] = None if learner.replay is None else learner.replay.state_dict()
-    ckpt.update(rng=learner.gen.get_state(), state=dataclasses.asdict(state))
+    ckpt.update(rng=learner.gen.get_state(), metrics=learner.metrics, state=dataclasses.asdict(state))
     atomic_write(os.path.join(run.dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
@@ -994,7 +1005,7 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 def restore(ckpt: dict, learner: Learner) -> None:
-    """Load a checkpoint's networks, optimisers, replay and RNG in place."""
+    """Load a checkpoint's networks, optimisers, replay, RNG and metrics since the last log in place."""
     try:
         learner.agent.load_state_dict(ckpt["agent"])
     except RuntimeError as e:  # written by another version of this script: other parameters
@@ -1005,6 +1016,7 @@ def restore(ckpt: dict, learner: Learner) -> None:
     if learner.replay is not None:
         learner.replay.load_state_dict(ckpt["replay"])
     learner.gen.set_state(ckpt["rng"])
+    learner.metrics = [{k: v.to(learner.gen.device) for k, v in m.items()} for m in ckpt.get("metrics", [])]
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:
@@ -1028,14 +1040,8 @@ def save_replay(replay: Replay, args: Args, path: str) -> None:
     rows = len(data["obs"]) // args.num_envs
     timeouts = data["ends"] & ~data["terminals"]
     timeouts[rows - 1 :: rows] |= ~data["terminals"][rows - 1 :: rows]  # each actor's stream is cut there
-    columns = (
-        data["obs"],
-        data["actions"],
-        data["rewards"][:, 0],
-        data["next_obs"],
-        data["terminals"],
-        timeouts,
-    )
+    rewards = data["rewards"][:, 0]
+    columns = (data["obs"], data["actions"], rewards, data["next_obs"], data["terminals"], timeouts)
     save_hdf5(make_dataset(*columns, env_id=args.env_id), path, source="dime_morl.py replay", seed=args.seed)
 
 

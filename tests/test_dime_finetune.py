@@ -1,6 +1,7 @@
 """dime_finetune.py: distillation at α = 1, the learned trade-off, runs, exact resume, bad teachers."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -180,3 +181,63 @@ def test_threshold_is_the_teachers_sampled_action_return_and_the_actors_return_f
     (name,) = os.listdir(tmp_path)
     checkpoint = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
     assert checkpoint["agent"]["policy_return"].item() > 0  # set by the rounds (0 before the first)
+
+
+@pytest.fixture
+def signal_handlers():
+    """main() installs its stop handlers; the test process gets its own back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def policy_outputs(policy, args, *rest, **kwargs) -> np.ndarray:
+    """Stands in for an evaluation without playing episodes: a sum of the policy's outputs at fixed states."""
+    with torch.no_grad():
+        mean, stddev = policy(torch.ones(args.eval_episodes, 5))
+    return (mean + stddev).sum(-1).double().numpy()
+
+
+def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers):
+    """SIGTERM after learner step 25, in the middle of the round with one more learner step owed for the last
+    env step (two per env step): the checkpoint holds the round's actions so far and the 5 metrics since the
+    log at step 20; --resume re-executes the actions and ends where an uninterrupted run ends, every log
+    (the first after the stop included) averaging the same metrics."""
+    kwargs = dict(
+        TINY, num_envs=1, eval_episodes=1, total_env_steps=1000, learning_starts=950, replay_ratio=2.0
+    )
+    kwargs.update(learn_alpha=True, return_threshold=100.0, log_every=10, checkpoint_every=0)
+    monkeypatch.setattr(ft, "load_teacher", lambda *args: ConstantTeacher())
+    monkeypatch.setattr(ft, "evaluate", policy_outputs)
+    logged = {}
+    real_log, real_learn = ft.Run.log, ft.learn
+
+    def record(self, agent, metrics, step, *rest):
+        logged[step] = {k: torch.stack([m[k] for m in metrics]).mean().item() for k in metrics[0]}
+        real_log(self, agent, metrics, step, *rest)
+
+    def learn_then_stop(learner, args, state, run):
+        real_learn(learner, args, state, run)
+        if state.learner_steps == 25:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ft.Run, "log", record)
+    whole = ft.main(ft.Args(**kwargs, output_dir=str(tmp_path / "whole")))
+    whole_logs = dict(logged)
+    monkeypatch.setattr(ft, "learn", learn_then_stop)
+    with pytest.raises(SystemExit) as stopped:
+        ft.main(ft.Args(**kwargs, output_dir=str(tmp_path / "stopped")))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    (name,) = os.listdir(tmp_path / "stopped")
+    path = tmp_path / "stopped" / name / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    state = checkpoint["state"]
+    assert state["learner_steps"] == 25 and state["credit"] >= 1.0 and state["round"] == 0
+    assert 950 < len(state["round_actions"]) < 1000 and len(checkpoint["metrics"]) == 5
+    monkeypatch.setattr(ft, "learn", real_learn)
+    logged.clear()
+    resumed = ft.main(ft.Args(resume=str(path)))
+    assert 30 in logged and all(logged[step] == whole_logs[step] for step in logged)
+    for key in ("evaluations", "final", "learner_steps", "env_steps"):
+        assert resumed[key] == whole[key], key

@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -337,3 +338,58 @@ def test_compile_gives_the_same_learning_signal(tmp_path):
     eager = run(tmp_path / "eager", **kwargs)
     compiled = run(tmp_path / "compiled", compile=True, **kwargs)
     assert np.allclose(eager["final"]["mean"], compiled["final"]["mean"], atol=1e-4)
+
+
+@pytest.fixture
+def signal_handlers():
+    """main() installs its stop handlers; the test process gets its own back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def policy_outputs(agent, args, alpha, *rest, **kwargs) -> np.ndarray:
+    """Stands in for an evaluation without playing episodes: the policy's outputs at fixed states, [1, K]."""
+    with torch.no_grad():
+        mean, stddev = agent.policy(torch.ones(1, agent.policy.torso[0].in_features))
+    return torch.stack([mean.sum(), stddev.sum()])[None].double().numpy()
+
+
+def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers):
+    """--multi (the round's trade-offs are drawn from the learner's RNG): SIGTERM after learner step 25, mid-
+    episode with one more learner step owed for the last env step (two per env step). The checkpoint holds
+    the round's trade-offs, its actions so far and the metrics since the log at step 20; --resume
+    re-executes the actions and ends where an uninterrupted run ends, every log averaging the same metrics."""
+    kwargs = dict(TINY_CONTROL, multi=True, eval_alphas=[0.5], total_env_steps=1000, learning_starts=950)
+    kwargs.update(replay_ratio=2.0, log_every=10, checkpoint_every=0)
+    monkeypatch.setattr(m, "evaluate", policy_outputs)
+    logged = {}
+    real_log, real_learn = m.Run.log, m.learn
+
+    def record(self, agent, metrics, step, *rest):
+        logged[step] = {k: torch.stack([x[k] for x in metrics]).mean().item() for k in metrics[0]}
+        real_log(self, agent, metrics, step, *rest)
+
+    def learn_then_stop(learner, args, state, run):
+        real_learn(learner, args, state, run)
+        if state.learner_steps == 25:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(m.Run, "log", record)
+    whole = run(tmp_path / "whole", **kwargs)
+    whole_logs = dict(logged)
+    monkeypatch.setattr(m, "learn", learn_then_stop)
+    with pytest.raises(SystemExit) as stopped:
+        run(tmp_path / "stopped", **kwargs)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    path = glob.glob(os.path.join(str(tmp_path / "stopped"), "*", "checkpoint.pt"))[0]
+    checkpoint = torch.load(path, weights_only=True)
+    state = checkpoint["state"]
+    assert state["learner_steps"] == 25 and state["credit"] >= 1.0 and len(state["round_alphas"]) == 1
+    assert 950 < len(state["round_actions"]) < 1000 and len(checkpoint["metrics"]) == 5
+    monkeypatch.setattr(m, "learn", real_learn)
+    logged.clear()
+    resumed = m.main(m.Args(resume=path))
+    assert 30 in logged and all(logged[step] == whole_logs[step] for step in logged)
+    assert strip_times(resumed) == strip_times(whole)

@@ -2,8 +2,9 @@
 
 - SIGKILL at a random point after a checkpoint, then `--resume`: the same results.json as an uninterrupted
   run (timing keys aside); the checkpoint left behind always loads;
-- SIGINT or SIGTERM at a random point: a checkpoint of that point, one line with the resume command, and
-  the resumed run's results.json equals an uninterrupted run's;
+- SIGINT or SIGTERM after a log line (online: mid-round): a checkpoint of that learner step, one line with the
+  resume command, and the resumed run's results.json equals an uninterrupted run's;
+- a checkpoint of a large, young replay buffer is the size of its filled rows;
 - a crash while a checkpoint is being written leaves the previous checkpoint.pt in place, byte for byte;
 - a NaN loss stops training with one "error:" line and keeps the last good checkpoint unchanged;
 - the same seed gives the same results.json.
@@ -17,6 +18,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import time
 
@@ -91,10 +93,26 @@ def logs(tmp_path, name: str) -> str:
 def wait_for(pattern: str, timeout_s: float = 300.0) -> str:
     """The first path matching `pattern`, polled every 10 ms."""
     deadline = time.monotonic() + timeout_s
-    while not (found := glob.glob(pattern)):
+    found = glob.glob(pattern)
+    while not found:
         assert time.monotonic() < deadline, f"nothing matched {pattern} in {timeout_s} s"
         time.sleep(0.01)
+        found = glob.glob(pattern)
     return found[0]
+
+
+def wait_for_log(stdout: str, first_step: int, timeout_s: float = 300.0) -> int:
+    """The learner step of the first progress line ("step N: ... steps/s" or "step N/T: ...") at or past
+    `first_step` in a run's stdout, polled every 10 ms."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = open(stdout).read() if os.path.exists(stdout) else ""
+        steps = [int(s) for s in re.findall(r"step (\d+)\S*: .*steps/s", text)]
+        reached = [s for s in steps if s >= first_step]
+        if reached:
+            return reached[0]
+        assert time.monotonic() < deadline, f"no log of learner step {first_step} in {timeout_s} s"
+        time.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------------ 2. kill, resume
@@ -125,38 +143,63 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(
     assert comparable(resumed) == comparable(uninterrupted)
 
 
-# Stopped at a random point by SIGINT or SIGTERM, with no periodic checkpoints: the stop writes its own.
+# Stopped by SIGINT or SIGTERM with no periodic checkpoints: the stop writes its own. Offline: after the first
+# log (learner step 7). Online: after the log of learner step 21, early in round 1 (round 0 holds learner
+# steps 1-20, round 1 steps 21-60 over 1000 env steps), so the stop lands mid-round.
 STOP = {"offline": "--total-steps 3000 --checkpoint-every 0 --eval-every 1000 --log-every 7"}
 STOP["online"] = f"{ONLINE} --total-env-steps 3000 --checkpoint-every 0 --eval-every 40 --log-every 7"
+STOP_AFTER_LOG = {"offline": 7, "online": 21}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_stop_signal_checkpoints_and_resume_equals_an_uninterrupted_run(
     script, dataset, tmp_path, script_runner
 ):
-    """Ctrl-C (SIGINT) or `kill` (SIGTERM) 0-1.5 s after the run directory appears, wherever the run is then
-    (the first evaluation, a learner step, between logs): exit code 128 + signal, one line on stderr naming
-    the --resume command, and resuming it ends exactly where an uninterrupted run ends."""
+    """Ctrl-C (SIGINT) or `kill` (SIGTERM) 0-0.1 s after a log line, wherever the run is then (a learner
+    step, an env step): exit code 128 + signal, one line on stderr naming the learner step and the --resume
+    command, a checkpoint of that step (online: in the middle of a round, its actions so far kept), and
+    resuming it ends exactly where an uninterrupted run ends."""
     rng = random.Random(f"stop {script}")
     signum = rng.choice([signal.SIGINT, signal.SIGTERM])
+    kind = "offline" if script in OFFLINE else "online"
     command, stopped_dir = flags(script, dataset, STOP), tmp_path / "stopped"
     whole = script_runner.start(
         script, [*command, "--output-dir", tmp_path / "whole"], logs(tmp_path, "whole")
     )
     log = logs(tmp_path, "stopped")
     stopped = script_runner.start(script, [*command, "--output-dir", stopped_dir], log)
-    wait_for(os.path.join(stopped_dir, "*", "args.json"))
-    time.sleep(rng.uniform(0.0, 1.5))
+    logged_step = wait_for_log(os.path.join(log, "stdout"), STOP_AFTER_LOG[kind])
+    time.sleep(rng.uniform(0.0, 0.1))
     os.kill(stopped, signum)
     assert script_runner.wait(stopped) == 128 + signum, "the run ended before the signal: lengthen it"
     err = open(os.path.join(log, "stderr")).read().strip().splitlines()
     assert len(err) == 1 and signal.Signals(signum).name in err[0], err
     checkpoint = err[0].split(" --resume ")[1]
     assert checkpoint == wait_for(os.path.join(stopped_dir, "*", "checkpoint.pt"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]
+    assert f"stopped at learner step {state['learner_steps']};" in err[0]
+    assert state["learner_steps"] >= logged_step > 0
+    if kind == "online":
+        assert state["round_actions"] and state["env_steps"] % 1000, "the stop fell between rounds"
     returncode, stderr = script_runner.run(script, ["--resume", checkpoint], logs(tmp_path, "resumed"))
     assert returncode == 0, stderr
     assert script_runner.wait(whole) == 0, open(tmp_path / "logs" / "whole" / "stderr").read()
     assert comparable(results_of(stopped_dir)) == comparable(results_of(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("script", ["dime_finetune", "dime_morl"])
+def test_a_checkpoint_of_a_young_replay_holds_only_its_filled_rows(script, tmp_path):
+    """10 filled rows of a 1M-transition buffer: the saved replay is the size of those rows plus the file
+    format's few kB, not of the whole buffer (a slice alone would save its whole storage)."""
+    module = importlib.import_module(script)
+    objectives = [2] if script == "dime_morl" else []
+    replay = module.Replay(1_000_000, 1, 3, 1, *objectives, "cpu")
+    row = {k: v[0] for k, v in replay.data.items()}
+    for _ in range(10):
+        replay.add(**row)
+    torch.save({"replay": replay.state_dict()}, tmp_path / "checkpoint.pt")
+    filled = sum(v[:10].nbytes for v in replay.data.values())
+    assert os.path.getsize(tmp_path / "checkpoint.pt") < filled + 4096
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
