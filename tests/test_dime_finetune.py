@@ -22,7 +22,8 @@ class ConstantTeacher(nn.Module):
     """π_b(·|s) = N(0.8, 0.2²) in every state."""
 
     def forward(self, obs):
-        return torch.full((len(obs), 1), 0.8), torch.full((len(obs), 1), 0.2)
+        shape = (len(obs), 1)
+        return torch.full(shape, 0.8, device=obs.device), torch.full(shape, 0.2, device=obs.device)
 
 
 def filled_replay(size: int = 64) -> ft.Replay:
@@ -192,11 +193,11 @@ def signal_handlers():
         signal.signal(signum, handler)
 
 
-def policy_outputs(policy, args, *rest, **kwargs) -> np.ndarray:
+def policy_outputs(policy, args, round_idx, device, *rest, **kwargs) -> np.ndarray:
     """Stands in for an evaluation without playing episodes: a sum of the policy's outputs at fixed states."""
     with torch.no_grad():
-        mean, stddev = policy(torch.ones(args.eval_episodes, 5))
-    return (mean + stddev).sum(-1).double().numpy()
+        mean, stddev = policy(torch.ones(args.eval_episodes, 5, device=device))
+    return (mean + stddev).sum(-1).double().cpu().numpy()
 
 
 def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers):

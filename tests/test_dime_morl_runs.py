@@ -349,11 +349,11 @@ def signal_handlers():
         signal.signal(signum, handler)
 
 
-def policy_outputs(agent, args, alpha, *rest, **kwargs) -> np.ndarray:
+def policy_outputs(agent, args, alpha, round_idx, device, *rest, **kwargs) -> np.ndarray:
     """Stands in for an evaluation without playing episodes: the policy's outputs at fixed states, [1, K]."""
     with torch.no_grad():
-        mean, stddev = agent.policy(torch.ones(1, agent.policy.torso[0].in_features))
-    return torch.stack([mean.sum(), stddev.sum()])[None].double().numpy()
+        mean, stddev = agent.policy(torch.ones(1, agent.policy.torso[0].in_features, device=device))
+    return torch.stack([mean.sum(), stddev.sum()])[None].double().cpu().numpy()
 
 
 def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers):
