@@ -691,19 +691,39 @@ def rollout_chunk(env_id: str, ids: list[int], behaviour: list[int], seed: int, 
 
 
 def single_thread_worker(parent: int) -> None:
-    """A build worker: one torch thread; it ends when its parent does (even by SIGKILL)."""
+    """A build worker: one torch thread; it ends when its parent does (even by SIGKILL). On Linux the kernel
+    kills it with its parent; elsewhere a thread polls the parent every half second, which an import that
+    holds the GIL (torch's, MuJoCo's) can hold off for seconds."""
+    import signal
     import threading
 
-    import torch
+    if sys.platform == "linux":
+        import ctypes
 
-    torch.set_num_threads(1)
+        # PR_SET_PDEATHSIG (1): SIGKILL when the thread that started this process ends (the build's thread,
+        # which outlives its workers).
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
     def orphaned() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(1)
 
+    # Also covers a parent that ended before the prctl call: the first check sees it gone.
     threading.Thread(target=orphaned, daemon=True).start()
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def stop_workers(pool) -> None:
+    """Shut a ProcessPoolExecutor down at once: chunks not started are cancelled and its own worker
+    processes terminated, the process's other children left alone (Python 3.14's pool.terminate_workers)."""
+    # The executor's processes by pid (private, and gone after shutdown: read first).
+    workers = list(pool._processes.values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        process.terminate()
 
 
 def build_zoo_dataset(
@@ -749,13 +769,15 @@ def build_zoo_dataset(
         init = dict(initializer=single_thread_worker, initargs=(os.getpid(),))
         pool = ProcessPoolExecutor(workers, mp_context=context, **init)
         try:
-            for job, result in zip(jobs, pool.map(rollout_chunk, *zip(*jobs))):
-                rows += result
+            # Futures, not pool.map: a stop signal inside map cancels its futures behind the executor's back,
+            # and the executor's thread then prints an InvalidStateError traceback (Python 3.11).
+            futures = [pool.submit(rollout_chunk, *job) for job in jobs]
+            for job, future in zip(jobs, futures):
+                rows += future.result()
                 bar.update(len(job[1]))
-        finally:  # also on an error or a stop signal: no worker outlives the build
-            pool.shutdown(wait=False, cancel_futures=True)
-            for process in multiprocessing.active_children():
-                process.terminate()
+        finally:
+            # Also on an error or a stop signal: no worker outlives the build.
+            stop_workers(pool)
     bar.close()
     columns = {k: [episode[k] for episode in rows] for k in rows[0]}
     columns["timeouts"] = [truncated_at_last_row(t) for t in columns["terminals"]]

@@ -3,10 +3,13 @@
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -470,6 +473,120 @@ def test_zoo_dataset_is_deterministic_and_cached(tmp_path, monkeypatch, zoo_cart
     mtime = os.path.getmtime(tmp_path / cached)
     datasets.load_zoo("cartpole_swingup", episodes=2, seed=0, progress=False)
     assert os.path.getmtime(tmp_path / cached) == mtime  # reused, not rebuilt
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid`, from /proc."""
+    out = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        # The fields after the command name in parentheses: state, parent pid, ...
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its reaper counts as ended)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def running_workers(pid: int) -> list[int]:
+    """The multiprocessing workers of `pid` that run their initializer's torch import or are past it."""
+    workers = []
+    for child in children(pid):
+        try:
+            command = open(f"/proc/{child}/cmdline").read()
+            maps = open(f"/proc/{child}/maps").read()
+        except OSError:
+            continue
+        if "spawn_main" in command and "libtorch" in maps:
+            workers.append(child)
+    return workers
+
+
+def three_step_chunk(
+    env_id: str, ids: list[int], behaviour: list[int], seed: int, noise: float
+) -> list[dict]:
+    """rollout_chunk's stand-in in the build's workers: three zero steps per episode in cartpole's shapes."""
+    steps = dict(
+        obs=np.zeros((3, 5)), actions=np.zeros((3, 1)), rewards=np.zeros(3), terminals=np.zeros(3, bool)
+    )
+    return [dict(steps, next_obs=np.zeros((3, 5))) for _ in ids]
+
+
+def plain_worker(parent: int) -> None:
+    """single_thread_worker's stand-in: a worker that does not import torch (seconds on a busy machine)."""
+
+
+def test_the_build_ends_its_own_workers_and_no_other_child(monkeypatch):
+    """The clean-up after a two-worker build terminates the pool's processes within a second, and not an
+    unrelated multiprocessing child of the same process. The workers roll out three-step stand-in
+    episodes: what is tested is the pool, not the rollouts."""
+    unrelated = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,), daemon=True)
+    unrelated.start()
+    # One episode per chunk: two episodes are two chunks, so two worker processes.
+    monkeypatch.setattr(datasets, "ZOO_CHUNK", 1)
+    monkeypatch.setattr(datasets, "rollout_chunk", three_step_chunk)
+    monkeypatch.setattr(datasets, "single_thread_worker", plain_worker)
+    try:
+        ds = datasets.build_zoo_dataset("cartpole_swingup", episodes=2, workers=2, progress=False)
+        assert len(ds) == 6 and len(ds.episode_ends()) == 2
+        deadline = time.monotonic() + 1.0
+        while set(multiprocessing.active_children()) - {unrelated} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert unrelated.is_alive(), "the build's clean-up ended an unrelated child"
+        assert multiprocessing.active_children() == [unrelated], "a build worker outlived the build"
+    finally:
+        unrelated.terminate()
+        unrelated.join()
+
+
+BUILD = """
+import signal, sys
+from common import datasets
+
+datasets.ZOO_CHUNK = 1
+if sys.argv[1] == "exits":
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+datasets.build_zoo_dataset("cartpole_swingup", episodes=50, workers=2, progress=False)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc")
+@pytest.mark.parametrize("on_sigterm", ["exits", "dies"])
+def test_kill_during_the_build_leaves_no_worker_alive_a_second_later(on_sigterm):
+    """`kill PID` of a process building a zoo dataset with two workers, once both workers run: one second
+    later none of its child processes is alive and it printed no traceback. "exits": SIGTERM raises
+    SystemExit as the scripts' handler does, and the build's clean-up terminates its workers; "dies": the
+    default action (`python -m common.datasets build`) ends the process at once, and the kernel ends its
+    workers with it (Linux's parent-death signal, set first in each worker)."""
+    build = subprocess.Popen(
+        [sys.executable, "-c", BUILD, on_sigterm], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            assert build.poll() is None, build.stderr.read()
+            time.sleep(0.05)
+            workers = running_workers(build.pid)
+        processes = children(build.pid)
+        assert len(workers) == 2 and set(workers) <= set(processes)
+        build.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert [pid for pid in processes if alive(pid)] == []
+    finally:
+        build.kill()
+    build.wait()
+    assert "Traceback" not in build.stderr.read()
 
 
 def test_zoo_for_an_unknown_task_names_the_fix():
