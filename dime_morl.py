@@ -66,10 +66,11 @@ ENV_DEFAULTS = {  # the defaults that differ by environment (docs/dime_morl.md, 
     "bandit": dict(hidden_sizes=(64, 64), batch_size=16, epsilon_mean=0.01, target_update_period=10),
 }
 VIDEO_FRAME_SKIP = 4  # --capture-video keeps every 4th frame of the first evaluation episode
-RESUME_OVERRIDES = (  # flags a resumed run may change
+# Flags a --resume may change.
+RESUME_OVERRIDES = set(
     "total_steps total_env_steps checkpoint_every eval_every resume cuda track save_model "
-    "save_replay capture_video log_every compile bf16"
-).split()  # flags a resumed run may change
+    "save_replay capture_video log_every compile bf16".split()
+)
 AT_LEAST = dict(batch_size=1, num_samples=1, n_step=1, num_envs=1, num_atoms=2, eval_episodes=1)
 
 
@@ -196,23 +197,27 @@ def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
         fail(f"training diverged by learner step {step} (parameters not finite); {kept}; lower --lr")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bfloat16 matmuls in hardware (Ampere or later GPUs, CPUs with avx512_bf16 or AMX), not emulated."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def check_device(args: Args) -> tuple[torch.device, Args]:
-    """Device, args with the precision used: --bf16 is refused on a GPU without it, dropped on a slow CPU."""
+    """Device, args with the precision used: --bf16 is dropped with a notice where bfloat16 is emulated."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     if args.cuda and device.type == "cpu":
         print("notice: CUDA is not available, training on the CPU")
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         preset = "--hidden-sizes 256 256 256 --batch-size 256"
         print(f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {preset}")
-    if args.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        fail("--bf16: this GPU has no bfloat16 support; drop --bf16 to train in fp32")
     if device.type == "cpu":  # glibc hands freed blocks over 128 kB back to the OS, and every learner step
         with contextlib.suppress(OSError, AttributeError):  # page-faults its activations in again (~20 %)
             libc = ctypes.CDLL("libc.so.6")  # keep them: blocks up to 32 MB from the heap, 512 MB kept
             libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 512 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if args.bf16 and device.type == "cpu" and not native:
-        print("notice: no native bfloat16 matmuls on this CPU (avx512_bf16, AMX): --bf16 off, fp32 is faster")
+    if args.bf16 and not native_bf16(device):
+        print(f"notice: no native bfloat16 matmuls on this {device.type.upper()}: --bf16 off, fp32 is faster")
         args = dataclasses.replace(args, bf16=False)
     return device, args
 
@@ -458,15 +463,18 @@ def gaussian_kl(mean_p, stddev_p, mean_q, stddev_q) -> torch.Tensor:
 def compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev) -> torch.Tensor:
     """-Σ_M w log π̃(a|s) with the decoupled N(μ_θ, σ_i) and N(μ_i, σ_θ), mean over states (eq. 51).
     actions [M, B, D], weights [M, B] (combined over objectives), distribution parameters [B, D]."""
-    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)  # trains the mean
-    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)  # trains the stddev
+    fixed_stddev = gaussian_log_prob(actions, mean, target_stddev)
+    fixed_mean = gaussian_log_prob(actions, target_mean, stddev)
     return -(weights * (fixed_stddev + fixed_mean)).sum(0).mean()
 
 
-def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, log_alpha: torch.Tensor, epsilon: float):
-    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)). kl [B, D]."""
-    alpha, mean_kl = dual(log_alpha), kl.mean(0)  # [D], [D]
-    return (alpha.detach() * mean_kl).sum(), (alpha * (epsilon - mean_kl.detach())).sum(), mean_kl.mean()
+def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, alpha: torch.Tensor, epsilon: float):
+    """Soft trust region per action dimension: penalty sg(α)·KL, dual α·(ε - sg(KL)); kl [B, D], α [D].
+    Returns the penalty, the dual loss and the mean KL."""
+    mean_kl = kl.mean(0)  # [D]
+    penalty = (alpha.detach() * mean_kl).sum()
+    dual_loss = (alpha * (epsilon - mean_kl.detach())).sum()
+    return penalty, dual_loss, mean_kl.mean()
 
 
 # ==== 7. Policy objective: how DiME, LS and MO-MPO combine the objectives =================================
@@ -510,10 +518,10 @@ def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
     kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
     kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
     loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
-        kl_mean, agent.log_alpha_mean, args.epsilon_mean
+        kl_mean, dual(agent.log_alpha_mean), args.epsilon_mean
     )
     loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
-        kl_stddev, agent.log_alpha_stddev, args.epsilon_stddev
+        kl_stddev, dual(agent.log_alpha_stddev), args.epsilon_stddev
     )
     loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
     loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
@@ -660,9 +668,15 @@ class Run:
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         bar = dict(unit="step", desc=f"{args.method} {args.env_id}", dynamic_ncols=True, disable=None)
         self.progress = tqdm(total=total, initial=initial, **bar)  # tqdm off when not a tty
-        self.start, self.last_log = time.time() - state.wall_time, (state.learner_steps, time.time())
+        self.start = time.time() - state.wall_time
+        # The rate and ETA count this process's steps over its time outside evaluations.
+        self.first_steps = (state.learner_steps, state.env_steps)
+        self.clock = time.time()
+        self.eval_seconds = 0.0
+        self.evaluations = 0
+        self.eval_every = args.eval_every
 
-    def log(self, agent: Agent, metrics: list[dict], step: int) -> None:
+    def log(self, agent: Agent, metrics: list[dict], step: int, env_steps: int) -> None:
         """Average the metric tensors since the last log with one device->host copy."""
         check_finite(agent, step, self.dir)
         keys = [k for k in metrics[0] if k != "loss"]
@@ -670,12 +684,22 @@ class Run:
         metrics.clear()
         for k, v in zip(keys, values):
             self.writer.add_scalar(k, v, step)
-        now = time.time()
-        sps = (step - self.last_log[0]) / max(now - self.last_log[1], 1e-9)
+        seconds = max(time.time() - self.clock - self.eval_seconds, 1e-9)
+        sps = (step - self.first_steps[0]) / seconds
         self.writer.add_scalar("charts/SPS", sps, step)
-        if self.progress.disable:  # not a terminal (nohup, a batch job): a line stands in for the bar
-            print(f"learner step {step}: {sps:.1f} steps/s", flush=True)
-        self.last_log = step, now
+        # Not a terminal (nohup, a batch job): a line stands in for the bar.
+        if self.progress.disable:
+            env_steps_done = max(env_steps - self.first_steps[1], 1)
+            env_steps_left = self.progress.total - env_steps
+            evaluations_left = (
+                env_steps_left * (step - self.first_steps[0]) / env_steps_done // self.eval_every
+            )
+            seconds_per_evaluation = self.eval_seconds / max(self.evaluations, 1)
+            eta = env_steps_left * seconds / env_steps_done + evaluations_left * seconds_per_evaluation
+            line = (
+                f"env step {env_steps}/{self.progress.total}, learner step {step}: {sps:.1f} learner steps/s"
+            )
+            print(f"{line}, ETA {eta / 60:.0f} min", flush=True)
 
 
 @dataclass
@@ -692,7 +716,12 @@ class Learner:
 
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Train and evaluate; `typed` names the flags given on the command line (checked against a --resume)."""
-    stop = StopSignals()
+    with StopSignals() as stop:
+        return train(args, typed, stop)
+
+
+def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
+    """Seeding, actors, learner, the training loop (sections 1-8), the final evaluation and results."""
     os.environ.setdefault("MUJOCO_GL", "egl" if args.capture_video else "disable")  # before dm_control loads
     check_args(args)
     ckpt = load_checkpoint(args, typed) if args.resume else None
@@ -736,7 +765,7 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
         elif not bandit:
             run_round(envs, learner, args, state, run, stop)
     if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
-        stop.exit(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
+        stop.end_loop(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
     if checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
         save_checkpoint(run, args, learner, state)
     evaluate_and_log(agent, args, eval_alphas, state, run)
@@ -750,23 +779,43 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM set `signum`: main checkpoints after its step; before the loop or twice: exit now."""
+    """SIGINT/SIGTERM during the training loop set `signum`: the loop ends after its learner step, `end_loop`
+    checkpoints and exits. Before the loop, after it, or a second signal: exit at once. The handlers that
+    were there before are back when the `with` block ends (a caller of `main` keeps its own)."""
 
-    def __init__(self):
-        self.signum, self.run = 0, None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self.handle)
+    signum = 0
+    run = None
+    loop_ended = False
+
+    def __enter__(self) -> "StopSignals":
+        self.previous = {
+            signum: signal.signal(signum, self.handle) for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def handle(self, signum: int, frame) -> None:
-        if self.run is None or self.signum:  # exit now, without a checkpoint
-            kept = f"the last checkpoint in {self.run.dir} is kept" if self.run else "nothing to resume"
-            print(f"{signal.Signals(signum).name}: stopped at once; {kept}", file=sys.stderr, flush=True)
-            sys.exit(128 + signum) if self.run is None else os._exit(128 + signum)
-        self.signum = signum
+        if self.run is not None and not self.signum and not self.loop_ended:
+            self.signum = signum
+            return
+        kept = f"the last checkpoint in {self.run.dir} is kept" if self.run else "nothing to resume"
+        print(f"{signal.Signals(signum).name}: stopped at once; {kept}", file=sys.stderr, flush=True)
+        if self.run is None:
+            sys.exit(128 + signum)
+        # Maybe mid-write of a checkpoint: skip Python's clean-up, the atomic writes keep the files whole.
+        os._exit(128 + signum)
 
-    def exit(self, save_checkpoint, step: int) -> None:
+    def end_loop(self, save_checkpoint, step: int) -> None:
+        """After the loop: with a stop signal, checkpoint, print the --resume line and exit; else go on."""
+        self.loop_ended = True
+        if not self.signum:
+            return
         save_checkpoint()
-        self.run.progress.close(), self.run.writer.close()
+        self.run.progress.close()
+        self.run.writer.close()
         resume = f"python {SCRIPT} --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
         line = f"{signal.Signals(self.signum).name}: stopped at learner step {step}; continue with: {resume}"
         print(line, file=sys.stderr)
@@ -832,7 +881,7 @@ def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     if state.learner_steps % args.target_update_period == 0:
         agent.update_targets()
     if state.learner_steps % args.log_every == 0:
-        run.log(agent, learner.metrics, state.learner_steps)
+        run.log(agent, learner.metrics, state.learner_steps, state.env_steps)
 
 
 # ==== 10. Evaluation: per-trade-off returns, Pareto front, hypervolume ====================================
@@ -873,6 +922,7 @@ def policy_mean(agent: Agent, args: Args, alpha: float, obs: torch.Tensor) -> to
 def evaluate_and_log(agent: Agent, args: Args, eval_alphas: list, state: TrainState, run: Run) -> None:
     """Evaluate every trade-off, append to the results, log eval/ tags (and snapshot the policy)."""
     step, env_steps, device = state.learner_steps, state.env_steps, next(agent.parameters()).device
+    start = time.time()
     check_finite(agent, step, run.dir)
     if step == 0 and args.env_id not in BANDITS:
         run.progress.write(f"step 0: evaluating the initial policy ({args.eval_episodes} episodes per α)")
@@ -896,6 +946,8 @@ def evaluate_and_log(agent: Agent, args: Args, eval_alphas: list, state: TrainSt
         for tag, value in zip(("episodic_return", "episodic_cost"), mean):
             run.writer.add_scalar(prefix + tag, value, step)
     state.last_eval = step
+    run.eval_seconds += time.time() - start
+    run.evaluations += 1
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -988,20 +1040,23 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
         fail(f"--resume {args.resume} was not written by dime_morl.py; pass one of its checkpoint.pt files")
-    saved, defaults = ckpt["args"], Args(env_id=args.env_id)  # the defaults of the env given now
-
-    def norm(value):
-        return list(value) if isinstance(value, tuple) else value
-
-    for name in saved:  # a flag given now must agree with the checkpoint's
-        value, old, flag = norm(getattr(args, name)), norm(saved[name]), "--" + name.replace("_", "-")
-        given = flag in typed or value != norm(getattr(defaults, name))
-        if name not in RESUME_OVERRIDES and given and value != old:
-            fail(f"--resume: the checkpoint was trained with {flag} {old}, got {value}; drop {flag}")
-    changed = [k for k in RESUME_OVERRIDES if norm(getattr(args, k)) != norm(getattr(defaults, k))]
-    overrides = {k: getattr(args, k) for k in changed}
-    ckpt["args"] = Args(**{**saved, **overrides})
+    ckpt["args"] = Args(**resumed_args(args, typed, ckpt["args"]))
     return ckpt
+
+
+def resumed_args(args: Args, typed: frozenset[str], saved: dict) -> dict:
+    """The checkpoint's flags, with the RESUME_OVERRIDES given now. A flag is given when typed on the command
+    line (even at its default) or away from its default; a given flag outside RESUME_OVERRIDES must agree."""
+    # Through JSON, tuples and lists compare equal.
+    as_json = lambda a: json.loads(json.dumps(a))
+    now = as_json(dataclasses.asdict(args))
+    default = as_json(dataclasses.asdict(Args(env_id=args.env_id)))
+    given = {k for k in now if now[k] != default[k] or "--" + k.replace("_", "-") in typed}
+    for k in sorted(given - RESUME_OVERRIDES):
+        if now[k] != as_json(saved[k]):
+            flag = "--" + k.replace("_", "-")
+            fail(f"--resume: the checkpoint was trained with {flag} {saved[k]}, got {now[k]}; drop {flag}")
+    return {**saved, **{k: getattr(args, k) for k in given & RESUME_OVERRIDES}}
 
 
 def restore(ckpt: dict, learner: Learner) -> None:

@@ -3,9 +3,9 @@
     python benchmarks/doc_links.py          # check: list every stale link, exit 1 if any
     python benchmarks/doc_links.py --write  # rewrite the line ranges in place
 
-A link names one function or class of a top-level script, [`name`](../script.py#Lfirst-Llast), and its range
-is that definition's lines (decorators included), read from the script's syntax tree; tests/test_docs.py
-runs the check.
+A link names one function or class of a top-level script, [`name`](../script.py#Lfirst-Llast) in docs/ and
+[`name`](script.py#Lfirst-Llast) in README.md, and its range is that definition's lines (decorators
+included), read from the script's syntax tree; tests/test_docs.py runs the check.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINK = re.compile(
-    r"\[`(?P<name>[A-Za-z_][\w.]*)`\]\(\.\./(?P<script>\w+\.py)#L(?P<first>\d+)-L(?P<last>\d+)\)"
+    r"\[`(?P<name>[A-Za-z_][\w.]*)`\]\((?P<up>(?:\.\./)?)(?P<script>\w+\.py)#L(?P<first>\d+)-L(?P<last>\d+)\)"
 )
 
 
@@ -46,16 +46,21 @@ def refresh(text: str, cache: dict) -> tuple[str, list[str]]:
         first, last = cache[script][name]
         if (int(match["first"]), int(match["last"])) != (first, last):
             problems.append(f"{name}: {script}#L{match['first']}-L{match['last']} is now #L{first}-L{last}")
-        return f"[`{name}`](../{script}#L{first}-L{last})"
+        return f"[`{name}`]({match['up']}{script}#L{first}-L{last})"
 
     return LINK.sub(fix, text), problems
+
+
+def documents() -> list[str]:
+    """The files whose links are kept: README.md and docs/*.md."""
+    return [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="rewrite stale ranges in place")
     opts, cache, stale = parser.parse_args(), {}, 0
-    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
+    for path in documents():
         text = open(path).read()
         new, problems = refresh(text, cache)
         for problem in problems:

@@ -15,16 +15,29 @@ SCRIPTS = ["dime_bc", "dime_awbc", "crr_ls", "dime_multi", "dime_finetune", "dim
 
 def args_fields(script: str) -> list[tuple[str, str | None]]:
     """(field, its description or None) of the script's Args dataclass, read from the source as tyro reads
-    it: the comment on the field's line, else the comment line right above it."""
+    it: the docstring below the field (as CleanRL writes them), else the comment on the field's line, else
+    the comment line right above it. A docstring's lines are joined into one."""
     lines = open(os.path.join(ROOT, f"{script}.py")).read().splitlines()
     tree = ast.parse("\n".join(lines))
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Args"]
     out = []
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign):
-            line, above = lines[node.end_lineno - 1], lines[node.lineno - 2].strip()
-            doc = line.split("  # ", 1)[1] if "  # " in line else None
-            out.append((node.target.id, doc or (above[2:] if above.startswith("# ") else None)))
+    for node, after in zip(cls.body, [*cls.body[1:], None]):
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        line = lines[node.end_lineno - 1]
+        above = lines[node.lineno - 2].strip()
+        doc = None
+        if (
+            isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            doc = " ".join(after.value.value.split())
+        elif "  # " in line:
+            doc = line.split("  # ", 1)[1]
+        elif above.startswith("# "):
+            doc = above[2:]
+        out.append((node.target.id, doc))
     return out
 
 

@@ -206,14 +206,11 @@ def test_a_checkpoint_of_a_young_replay_holds_only_its_filled_rows(script, tmp_p
 def test_a_stop_signal_before_training_exits_at_once_in_one_line(script, capsys):
     module = importlib.import_module(script)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        stop = module.StopSignals()
+    with module.StopSignals() as stop:
         assert signal.getsignal(signal.SIGTERM) == stop.handle
         with pytest.raises(SystemExit) as exit_info:
             stop.handle(signal.SIGTERM, None)
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
     assert exit_info.value.code == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "SIGTERM: stopped at once; nothing to resume\n"
 
