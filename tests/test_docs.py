@@ -3,7 +3,6 @@ they name (benchmarks/doc_links.py), dime_multi's results.json keys are document
 text is its field's own description."""
 
 import ast
-import glob
 import importlib
 import inspect
 import io
@@ -30,8 +29,9 @@ SECTION_REMARK = re.compile(r"[A-Z][a-z]*( [a-z]+){0,4}")
 
 
 def test_every_code_link_names_its_definition_and_lines():
+    """README.md's and docs/*.md's links into the scripts (README's "How to read a script" included)."""
     cache, problems, links = {}, [], 0
-    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
+    for path in doc_links.documents():
         text = open(path).read()
         links += len(doc_links.LINK.findall(text))
         problems += [f"{os.path.basename(path)}: {p}" for p in doc_links.refresh(text, cache)[1]]
