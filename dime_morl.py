@@ -51,21 +51,29 @@ from tqdm import tqdm
 
 from common.c51 import categorical_l2_project
 
-SCRIPT = os.path.basename(__file__)[: -len(".py")]  # names results, checkpoints, exports
-CONTROL_EPISODE_STEPS = 1000  # the control suite's time limit: every episode lasts this long
-MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
-MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
-POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
-EPSILON_PENALTY = 1e-3  # KL bound of the optional out-of-bounds action objective (Acme)
+# Names the results, checkpoints and exports.
+SCRIPT = os.path.basename(__file__)[: -len(".py")]
+# The control suite's time limit: every episode lasts this long.
+CONTROL_EPISODE_STEPS = 1000
+# Acme's: the ε added to every softplus dual, the duals' lower clamp (_MIN_LOG_TEMPERATURE), and the
+# Gaussian head's stddev at initialisation and its floor.
+MPO_FLOAT_EPSILON = 1e-8
+MIN_LOG_DUAL = -18.0
+POLICY_INIT_SCALE = 0.7
+POLICY_MIN_SCALE = 1e-6
+# KL bound of the optional out-of-bounds action objective (Acme).
+EPSILON_PENALTY = 1e-3
 BANDITS = ("schaffer", "fonseca_fleming")
-ENV_DEFAULTS = {  # the defaults that differ by environment (docs/dime_morl.md, "Implementation details")
+# The defaults that differ by environment (docs/dime_morl.md, "Implementation details"). A bandit's 2000
+# learner steps reach the front only with a looser, faster-moving trust region (measured).
+ENV_DEFAULTS = {
     "control": dict(
         hidden_sizes=(1024,) * 5 + (512,), batch_size=512, epsilon_mean=1e-3, target_update_period=200
     ),
-    # a bandit's 2000 learner steps reach the front only with a looser, faster-moving trust region (measured)
     "bandit": dict(hidden_sizes=(64, 64), batch_size=16, epsilon_mean=0.01, target_update_period=10),
 }
-VIDEO_FRAME_SKIP = 4  # --capture-video keeps every 4th frame of the first evaluation episode
+# --capture-video keeps every 4th frame of the first evaluation episode.
+VIDEO_FRAME_SKIP = 4
 # Flags a --resume may change.
 RESUME_OVERRIDES = set(
     "total_steps total_env_steps checkpoint_every eval_every resume cuda track save_model "
@@ -77,88 +85,115 @@ AT_LEAST = dict(batch_size=1, num_samples=1, n_step=1, num_envs=1, num_atoms=2, 
 # ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
-    # the name of this experiment (part of the run directory name)
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    seed: int = 1  # seed of python, numpy, torch and the environments
-    torch_deterministic: bool = True  # sets `torch.backends.cudnn.deterministic`
-    cuda: bool = True  # use CUDA when available (falls back to CPU with a notice)
-    output_dir: str = "runs"  # runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/
-    track: bool = False  # log to Weights & Biases (imported only then; synced with TensorBoard)
-    wandb_project_name: str = "dime-rl"  # the wandb project name
-    # save the first episode of every evaluation as a GIF under <run>/videos (needs EGL rendering)
+    exp_name: str = SCRIPT
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to CPU with a notice)"""
+    output_dir: str = "runs"
+    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
+    track: bool = False
+    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
+    wandb_project_name: str = "dime-rl"
+    """the wandb project name"""
     capture_video: bool = False
-    # export the policy (torch.export) to <run>/policy.pt2 and, at evaluations, <run>/policies/step_N.pt2
+    """save the first episode of every evaluation as a GIF under <run>/videos (needs EGL rendering)"""
     save_model: bool = False
-    # write <run>/checkpoint.pt every this many learner steps (at the next round boundary; default: at every
-    # evaluation); 0 = never
+    """export the policy (torch.export) to <run>/policy.pt2 and, at evaluations, <run>/policies/step_N.pt2"""
     checkpoint_every: int | None = None
-    # a checkpoint.pt to continue exactly (same run directory and flags; --total-* may grow)
+    """write <run>/checkpoint.pt every this many learner steps (at the next round boundary; default: at every
+    evaluation); 0 = never"""
     resume: str | None = None
-    # at the end, write the replay as an HDF5 dataset in the project's format to this new file
+    """a checkpoint.pt to continue exactly (same run directory and flags; --total-* may grow)"""
     save_replay: str | None = None
-    log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
-    # torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)
+    """at the end, write the replay as an HDF5 dataset in the project's format to this new file"""
+    log_every: int = 100
+    """log losses every this many learner steps (the learner's only device->host copy)"""
     compile: bool = False
-    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX;
-    # ignored with a notice on other CPUs, where fp32 is faster
+    """torch.compile the networks (CPU: ~25% faster learner steps after ~15 s of compilation)"""
     bf16: bool = False
+    """bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX;
+    ignored with a notice on other CPUs, where fp32 is faster"""
 
     # Algorithm specific arguments
 
-    # schaffer | fonseca_fleming | a control-suite task <domain>_<task> (e.g. cartpole_swingup)
     env_id: str = "fonseca_fleming"
-    # how objectives are combined: DiME (eq. 3), linear scalarization (Table 1) or MO-MPO
+    """schaffer | fonseca_fleming | a control-suite task <domain>_<task> (e.g. cartpole_swingup)"""
     method: Literal["dime", "ls", "mompo"] = "dime"
-    # trade-off α ≥ 0: cost weight (dime), in [0, 1] for ls and bandits, cost KL-bound scale (mompo)
+    """how objectives are combined: DiME (eq. 3), linear scalarization (Table 1) or MO-MPO"""
     alpha: float = 0.5
-    # train one trade-off-conditioned policy for α ~ U(--alpha-range) (Sec. 4 eq. 4, App. A)
+    """trade-off α ≥ 0: cost weight (dime), in [0, 1] for ls and bandits, cost KL-bound scale (mompo)"""
     multi: bool = False
-    # range of the trade-off sampled per episode and per transition with --multi
+    """train one trade-off-conditioned policy for α ~ U(--alpha-range) (Sec. 4 eq. 4, App. A)"""
     alpha_range: tuple[float, float] = (0.0, 1.0)
-    # trade-offs at which a --multi policy is evaluated (default: 5 values spanning --alpha-range)
+    """range of the trade-off sampled per episode and per transition with --multi"""
     eval_alphas: list[float] | None = None
-    # control tasks: the energy cost is -‖clip(a)‖₂ times this (App. D.1.2 compares 1 and 10)
+    """trade-offs at which a --multi policy is evaluated (default: 5 values spanning --alpha-range)"""
     cost_scale: float = 1.0
-    total_env_steps: int = 1_000_000  # control tasks: environment steps (summed over actors) to train for
-    total_steps: int = 2_000  # bandits: learner steps to train for
-    num_envs: int = 4  # number of actors (Table 3: 4)
-    replay_ratio: float = 0.25  # learner steps per environment step
-    learning_starts: int = 5_000  # environment steps collected before the first learner step
-    buffer_size: int = 1_000_000  # replay capacity in transitions (Table 4: 1e6)
-    batch_size: int | None = None  # transitions per learner step; None: 512 (Table 3), 16 on bandits
-    # policy and critic hidden layers; None: 1024×5 512 (Table 3), 64 64 on bandits; CPU: 256 256 256
+    """control tasks: the energy cost is -‖clip(a)‖₂ times this (App. D.1.2 compares 1 and 10)"""
+    total_env_steps: int = 1_000_000
+    """control tasks: environment steps (summed over actors) to train for"""
+    total_steps: int = 2_000
+    """bandits: learner steps to train for"""
+    num_envs: int = 4
+    """number of actors (Table 3: 4)"""
+    replay_ratio: float = 0.25
+    """learner steps per environment step"""
+    learning_starts: int = 5_000
+    """environment steps collected before the first learner step"""
+    buffer_size: int = 1_000_000
+    """replay capacity in transitions (Table 4: 1e6)"""
+    batch_size: int | None = None
+    """transitions per learner step; None: 512 (Table 3), 16 on bandits"""
     hidden_sizes: tuple[int, ...] | None = None
-    # N: actions sampled per state for the E-step and the C51 mixture target (Table 4: 20)
+    """policy and critic hidden layers; None: 1024×5 512 (Table 3), 64 64 on bandits; CPU: 256 256 256"""
     num_samples: int = 20
-    n_step: int = 5  # n of the n-step return (Table 3)
-    gamma: float = 0.99  # discount (Table 3)
-    v_min: float = -150.0  # lower end of the task critic's support (Table 3)
-    v_max: float = 150.0  # upper end of the task critic's support (Table 3)
-    # lower end of the cost critic's support (default -√D·cost_scale/(1-γ); the upper end is 0)
+    """N: actions sampled per state for the E-step and the C51 mixture target (Table 4: 20)"""
+    n_step: int = 5
+    """n of the n-step return (Table 3)"""
+    gamma: float = 0.99
+    """discount (Table 3)"""
+    v_min: float = -150.0
+    """lower end of the task critic's support (Table 3)"""
+    v_max: float = 150.0
+    """upper end of the task critic's support (Table 3)"""
     cost_v_min: float | None = None
-    num_atoms: int = 101  # atoms of each categorical critic (Table 3)
-    epsilon: float = 0.1  # ε_k: KL bound of each E-step (Table 3); mompo scales it by the trade-off
-    # ε_μ: M-step KL bound on the policy mean; None: 1e-3 (Table 4, MORL), 0.01 on bandits
+    """lower end of the cost critic's support (default -√D·cost_scale/(1-γ); the upper end is 0)"""
+    num_atoms: int = 101
+    """atoms of each categorical critic (Table 3)"""
+    epsilon: float = 0.1
+    """ε_k: KL bound of each E-step (Table 3); mompo scales it by the trade-off"""
     epsilon_mean: float | None = None
-    epsilon_stddev: float = 1e-7  # ε_σ: M-step KL bound on the policy stddev (Table 4, MORL)
-    init_temperature: float = 10.0  # initial temperature η_k (Table 3)
-    # initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO: 1)
+    """ε_μ: M-step KL bound on the policy mean; None: 1e-3 (Table 4, MORL), 0.01 on bandits"""
+    epsilon_stddev: float = 1e-7
+    """ε_σ: M-step KL bound on the policy stddev (Table 4, MORL)"""
+    init_temperature: float = 10.0
+    """initial temperature η_k (Table 3)"""
     init_log_alpha_mean: float = 1.0
-    # same for α_σ (Acme TF DMPO: 10; Acme JAX MPO's 1000 holds σ nearly fixed for ~1e5 steps)
+    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO: 1)"""
     init_log_alpha_stddev: float = 10.0
-    # add Acme's out-of-bounds action objective (-‖a - clip(a)‖₂, KL bound 1e-3)
+    """same for α_σ (Acme TF DMPO: 10; Acme JAX MPO's 1000 holds σ nearly fixed for ~1e5 steps)"""
     action_penalization: bool = False
-    lr: float = 1e-4  # Adam learning rate of policy and critic (Table 3)
-    dual_lr: float = 1e-2  # Adam learning rate of the dual variables (Table 3)
-    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of policy and critic; 0 online
-    # learner steps between hard copies into the target networks; None: 200 (Table 4, MORL), 10 on bandits
+    """add Acme's out-of-bounds action objective (-‖a - clip(a)‖₂, KL bound 1e-3)"""
+    lr: float = 1e-4
+    """Adam learning rate of policy and critic (Table 3)"""
+    dual_lr: float = 1e-2
+    """Adam learning rate of the dual variables (Table 3)"""
+    weight_decay: float = 0.0
+    """decoupled (AdamW) weight decay of policy and critic; 0 online"""
     target_update_period: int | None = None
-    grad_clip: float = 40.0  # global gradient-norm clip of policy and critic
-    eval_every: int = 10_000  # evaluate every this many learner steps (control: at the next round boundary)
-    # episodes per evaluation and trade-off (control tasks; bandits are deterministic)
+    """learner steps between hard copies into the target networks; None: 200 (Table 4, MORL), 10 on bandits"""
+    grad_clip: float = 40.0
+    """global gradient-norm clip of policy and critic"""
+    eval_every: int = 10_000
+    """evaluate every this many learner steps (control: at the next round boundary)"""
     eval_episodes: int = 10
-    # hypervolume reference point (default: the worst return of each objective)
+    """episodes per evaluation and trade-off (control tasks; bandits are deterministic)"""
     hv_reference: tuple[float, float] | None = None
+    """hypervolume reference point (default: the worst return of each objective)"""
 
     def __post_init__(self):
         """Flags left unset take their environment's default (ENV_DEFAULTS)."""
@@ -170,14 +205,16 @@ class Args:
 
 @dataclass
 class TrainState:
-    """All a checkpoint holds besides networks, optimisers, replay, RNG: counters, results, round so far."""
+    """All a checkpoint holds besides networks, optimisers, replay and RNG: counters, results, the round so
+    far. `round`: rounds of episodes played (every actor plays one per round); `credit`: learner steps owed
+    to the replay ratio; `last_eval`: the learner step of the last evaluation (between rounds)."""
 
     learner_steps: int = 0
     env_steps: int = 0
-    round: int = 0  # rounds of episodes played (every actor plays one per round)
-    credit: float = 0.0  # learner steps owed to the replay ratio
+    round: int = 0
+    credit: float = 0.0
     wall_time: float = 0.0
-    last_eval: float = -math.inf  # learner step of the last evaluation (between rounds)
+    last_eval: float = -math.inf
     last_ckpt: int = 0
     evaluations: list = field(default_factory=list)
     round_alphas: list = field(default_factory=list)
@@ -212,10 +249,13 @@ def check_device(args: Args) -> tuple[torch.device, Args]:
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         preset = "--hidden-sizes 256 256 256 --batch-size 256"
         print(f"notice: the paper's network size takes ~1 s per learner step on 2 CPU cores; use {preset}")
-    if device.type == "cpu":  # glibc hands freed blocks over 128 kB back to the OS, and every learner step
-        with contextlib.suppress(OSError, AttributeError):  # page-faults its activations in again (~20 %)
-            libc = ctypes.CDLL("libc.so.6")  # keep them: blocks up to 32 MB from the heap, 512 MB kept
-            libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 512 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    # glibc hands freed blocks over 128 kB back to the OS, and every learner step page-faults its activations
+    # in again (~20 %): blocks up to 32 MB come from the heap (M_MMAP_THRESHOLD), 512 MB stay (M_TRIM_...).
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 32 << 20)
+            libc.mallopt(-1, 512 << 20)
     if args.bf16 and not native_bf16(device):
         print(f"notice: no native bfloat16 matmuls on this {device.type.upper()}: --bf16 off, fp32 is faster")
         args = dataclasses.replace(args, bf16=False)
@@ -234,7 +274,7 @@ def check_args(args: Args) -> None:
         fail("--multi supports --method dime or ls (MO-MPO's trade-offs are KL bounds); drop --multi")
     if args.multi and not 0.0 <= args.alpha_range[0] <= args.alpha_range[1]:
         fail(f"--alpha-range {args.alpha_range} must be two increasing non-negative values")
-    for name, least in AT_LEAST.items():  # a categorical critic needs two atoms
+    for name, least in AT_LEAST.items():
         if getattr(args, name) < least:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if not bandit and args.buffer_size < args.num_envs * (args.n_step + 1):
@@ -305,8 +345,9 @@ def critic_supports(args: Args, act_dim: int) -> torch.Tensor:
     """Atoms [K, I]: task [v_min, v_max]; cost [-√D·scale/(1-γ), 0], the range of its discounted sum."""
     cost_min = -math.sqrt(act_dim) * args.cost_scale / (1 - args.gamma)
     cost_min = cost_min if args.cost_v_min is None else args.cost_v_min
-    task, cost = (args.v_min, args.v_max, args.num_atoms), (cost_min, 0.0, args.num_atoms)
-    return torch.stack([torch.linspace(*task), torch.linspace(*cost)])
+    task = torch.linspace(args.v_min, args.v_max, args.num_atoms)
+    cost = torch.linspace(cost_min, 0.0, args.num_atoms)
+    return torch.stack([task, cost])
 
 
 # ==== 3. Networks: LayerNorm torso, Gaussian policy, categorical critic (App. C) ===========================
@@ -339,12 +380,13 @@ class Policy(nn.Module):
         self.torso = layer_norm_mlp(obs_dim, hidden_sizes)
         self.mean = nn.Linear(hidden_sizes[-1], act_dim)
         self.stddev = nn.Linear(hidden_sizes[-1], act_dim)
-        for head in (self.mean, self.stddev):  # small init: the initial policy is N(≈0, 0.7) everywhere
+        # A small initialisation: the initial policy is N(≈0, 0.7) everywhere.
+        for head in (self.mean, self.stddev):
             nn.init.trunc_normal_(head.weight, std=math.sqrt(1e-4 / hidden_sizes[-1]))
             nn.init.zeros_(head.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.torso(obs)  # bfloat16 under --bf16 autocast; the heads run in fp32
+        h = self.torso(obs)
         stddev = F.softplus(fp32_linear(self.stddev, h)) * (POLICY_INIT_SCALE / math.log(2.0))
         return fp32_linear(self.mean, h), stddev + POLICY_MIN_SCALE
 
@@ -368,11 +410,14 @@ class Agent(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, num_temperatures: int, args: Args):
         super().__init__()
-        hidden, critic_in = args.hidden_sizes, obs_dim + act_dim
-        self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
+        sizes = args.hidden_sizes
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, sizes) for _ in range(2))
         self.critic = self.target_critic = None
-        if args.env_id not in BANDITS:  # K = 2 objectives
-            self.critic, self.target_critic = (Critic(critic_in, 2, args.num_atoms, hidden) for _ in range(2))
+        # K = 2 objectives; a bandit's rewards are exact, it has no critic.
+        if args.env_id not in BANDITS:
+            self.critic, self.target_critic = (
+                Critic(obs_dim + act_dim, 2, args.num_atoms, sizes) for _ in range(2)
+            )
         # Duals live in log space behind softplus (Acme): temperatures η_k, per-dimension α_μ, α_σ.
         eta = inv_softplus(args.init_temperature)
         self.log_temperature = nn.Parameter(torch.full((num_temperatures,), eta))
@@ -404,7 +449,7 @@ def make_optimizers(agent: Agent, args: Args) -> dict:
 
 def compile_networks(agent: Agent) -> None:
     """torch.compile every network's forward in place (state_dict keys stay the same)."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
     for net in filter(None, (agent.policy, agent.target_policy, agent.critic, agent.target_critic)):
         net.compile()
 
@@ -501,38 +546,54 @@ class PolicyBatch(NamedTuple):
     tradeoff: torch.Tensor  # [B, K]: the objective weights of each sample's trade-off
 
 
-def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
-    """MPO policy improvement on `states` [B, S]: π_i = N(target_mean, target_stddev) [B, D] proposed the
-    `actions` [N, B, D], whose Q [N, B, K] are combined per --method. Returns (loss, stats)."""
-    states, target_mean, target_stddev, actions, q_values, tradeoff = batch
-    q, epsilons, mix = combine_objectives(q_values, tradeoff, args.method, args.epsilon)
-    if args.action_penalization:  # one more objective: pull actions back into [-1, 1]
-        penalty = -torch.linalg.vector_norm(actions - actions.clamp(-1.0, 1.0), dim=-1)
-        q, epsilons = torch.cat([q, penalty[..., None]], -1), F.pad(epsilons, (0, 1), value=EPSILON_PENALTY)
-        mix = F.pad(mix, (0, 1), value=1.0)
+def policy_loss(agent: Agent, batch: PolicyBatch, args: Args) -> tuple[torch.Tensor, dict]:
+    """MPO at the batch's states: π_i = N(target_mean, target_stddev) proposed the N sampled actions, whose
+    Q_k are combined per --method into K' E-steps; the M-step fits the mixture of their solutions (eq. 51).
+    Returns the loss and its statistics."""
     temperature = dual(agent.log_temperature)
-    weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilons, temperature)
-    mean, stddev = agent.policy(states)
-    mixture = (weights * mix).sum(-1)  # [N, B]: eq. 51's convex combination of the E-step weights
-    cross_entropy = compute_cross_entropy_loss(actions, mixture, mean, stddev, target_mean, target_stddev)
-    kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
-    kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
-        kl_mean, dual(agent.log_alpha_mean), args.epsilon_mean
+    alpha_mean = dual(agent.log_alpha_mean)
+    alpha_stddev = dual(agent.log_alpha_stddev)
+    q_values, epsilons, mix = combine_objectives(batch.q_values, batch.tradeoff, args.method, args.epsilon)
+    # Acme's optional objective -‖a - clip(a)‖₂: pull the actions back into [-1, 1].
+    if args.action_penalization:
+        out_of_bounds = -torch.linalg.vector_norm(batch.sampled - batch.sampled.clamp(-1.0, 1.0), dim=-1)
+        q_values = torch.cat([q_values, out_of_bounds[..., None]], -1)
+        epsilons = F.pad(epsilons, (0, 1), value=EPSILON_PENALTY)
+        mix = F.pad(mix, (0, 1), value=1.0)
+    weights, temperature_loss = compute_weights_and_temperature_loss(q_values, epsilons, temperature)
+    # The E-step distributions over the N actions, mixed by the trade-off (eq. 51).
+    mixture = (weights * mix).sum(-1)  # [N, B]
+    mean, stddev = agent.policy(batch.states)
+    cross_entropy = compute_cross_entropy_loss(
+        batch.sampled, mixture, mean, stddev, batch.target_mean, batch.target_stddev
     )
-    loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
-        kl_stddev, dual(agent.log_alpha_stddev), args.epsilon_stddev
+    # The decoupled trust region: KL(π_i ‖ N(μ_θ, σ_i)) bounds the mean, KL(π_i ‖ N(μ_i, σ_θ)) the stddev.
+    kl_mean = gaussian_kl(batch.target_mean, batch.target_stddev, mean, batch.target_stddev)  # [B, D]
+    kl_stddev = gaussian_kl(batch.target_mean, batch.target_stddev, batch.target_mean, stddev)  # [B, D]
+    penalty_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
+        kl_mean, alpha_mean, args.epsilon_mean
     )
-    loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
-    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
-    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean_avg}
-    stats["losses/kl_stddev"] = kl_stddev_avg
-    stats["losses/alpha_mean"] = dual(agent.log_alpha_mean).mean()
-    stats["losses/alpha_stddev"] = dual(agent.log_alpha_stddev).mean()
-    for k, (eta, kl_q) in enumerate(zip(temperature, compute_nonparametric_kl(weights) / epsilons)):
-        stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl_q
-    stats["losses/q_min"], stats["losses/q_max"] = q_values[..., 0].min(), q_values[..., 0].max()  # task Q
-    stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
+    penalty_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
+        kl_stddev, alpha_stddev, args.epsilon_stddev
+    )
+    # The policy loss trains π_θ; the dual losses train η_k, α_μ and α_σ.
+    loss_policy = cross_entropy + penalty_mean + penalty_stddev
+    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev
+    kl_q_rel = compute_nonparametric_kl(weights) / epsilons  # [K']
+    stats = {
+        "policy_loss": loss_policy,
+        "kl_mean": kl_mean_avg,
+        "kl_stddev": kl_stddev_avg,
+        "alpha_mean": alpha_mean.mean(),
+        "alpha_stddev": alpha_stddev.mean(),
+        **{f"temperature_{k}": eta for k, eta in enumerate(temperature)},
+        **{f"kl_q_rel_{k}": kl for k, kl in enumerate(kl_q_rel)},
+        # Q of the task objective.
+        "q_min": batch.q_values[..., 0].min(),
+        "q_max": batch.q_values[..., 0].max(),
+        "pi_stddev_min": stddev.min(),
+        "pi_stddev_max": stddev.max(),
+    }
     return loss_policy + loss_dual, stats
 
 
@@ -543,11 +604,13 @@ class Replay:
     KEYS = ("obs", "actions", "rewards", "next_obs", "terminals", "ends")
 
     def __init__(self, capacity: int, num_envs: int, obs_dim: int, act_dim: int, num_objectives: int, device):
-        self.rows, self.pos, self.full = max(capacity // num_envs, 1), 0, False
-        dims = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (num_objectives,)}
-        dims["next_obs"] = (obs_dim,)
+        self.rows = max(capacity // num_envs, 1)
+        self.pos = 0
+        self.full = False
+        dims = dict(obs=(obs_dim,), actions=(act_dim,), rewards=(num_objectives,), next_obs=(obs_dim,))
         self.data = {}
-        for k in self.KEYS:  # float32 transitions; bool flags "terminals" (true end) and "ends" (end or cut)
+        # float32 transitions; bool flags "terminals" (a true end) and "ends" (an end or a cut).
+        for k in self.KEYS:
             dtype = torch.float32 if k in dims else torch.bool
             self.data[k] = torch.zeros(self.rows, num_envs, *dims.get(k, ()), device=device, dtype=dtype)
 
@@ -559,7 +622,8 @@ class Replay:
 
     def sample(self, batch_size: int, n: int, gamma: float, gen: torch.Generator):
         """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps."""
-        d, device = self.data, self.data["obs"].device
+        d = self.data
+        device = d["obs"].device
         size, start = (self.rows, self.pos) if self.full else (self.pos, 0)
         t = (start + torch.randint(0, size - n + 1, (batch_size,), device=device, generator=gen)) % self.rows
         e = torch.randint(0, d["obs"].shape[1], (batch_size,), device=device, generator=gen)
@@ -567,7 +631,8 @@ class Replay:
         idx = (t[None] + steps[:, None]) % self.rows  # [n, B]
         ends = d["ends"][idx, e].float()
         alive = torch.cumprod(torch.cat([torch.ones_like(ends[:1]), 1.0 - ends[:-1]]), 0)  # [n, B]
-        weights = alive * gamma ** steps[:, None].float()  # γ^k while the episode lasts
+        # γ^k while the episode lasts.
+        weights = alive * gamma ** steps[:, None].float()
         returns = (weights[..., None] * d["rewards"][idx, e]).sum(0)  # [B, K]
         taken = alive.sum(0).long()  # [B]
         last = idx.gather(0, (taken - 1)[None]).squeeze(0)
@@ -582,7 +647,8 @@ class Replay:
     def load_state_dict(self, saved: dict) -> None:
         for k in self.KEYS:
             self.data[k][: len(saved[k])] = saved[k]
-        self.pos, self.full = saved["pos"], saved["full"]
+        self.pos = saved["pos"]
+        self.full = saved["full"]
 
     def chronological(self) -> dict[str, np.ndarray]:
         """Every actor's transitions in time order, actor after actor (for --save-replay)."""
@@ -593,19 +659,24 @@ class Replay:
 
 # ==== 8. Learner step: one update of critic, policy and duals =============================================
 def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, args: Args, gen) -> dict:
-    """One gradient step on every parameter group; returns metric tensors (no host sync)."""
-    device, bandit = agent.log_temperature.device, replay is None
-    if bandit:  # a one-step bandit: a single dummy state, exact rewards
+    """One gradient step on every parameter group; returns the statistics as tensors (no host sync)."""
+    device = agent.log_temperature.device
+    bandit = replay is None
+    # A one-step bandit: a single dummy state, exact rewards.
+    if bandit:
         states = torch.zeros(args.batch_size, 1, device=device)
     else:
-        batch = replay.sample(args.batch_size, args.n_step, args.gamma, gen)
-        obs, actions, returns, discounts, states = batch
+        obs, actions, returns, discounts, states = replay.sample(
+            args.batch_size, args.n_step, args.gamma, gen
+        )
     # The trade-off of every sample: fixed, or a fresh draw per transition with --multi (App. A relabelling).
     tradeoff = tradeoff_vector(draw_alphas(args, args.batch_size, gen, device), args)  # [B, K]
     if args.multi:
         states = torch.cat([states, tradeoff], -1)
-    with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
-        with torch.no_grad():  # N actions from the target policy π_i and their Q_k
+    # --bf16: matmuls in bfloat16 (heads, losses and weights stay fp32).
+    with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
+        # N actions from the target policy π_i at s_{t+n}, valued per objective by the target critic.
+        with torch.no_grad():
             target_mean, target_stddev = agent.target_policy(states)
             noise = torch.randn(args.num_samples, *target_mean.shape, device=device, generator=gen)
             sampled = target_mean + target_stddev * noise  # [N, B, D]
@@ -619,9 +690,9 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
         loss, stats = policy_loss(agent, batch, args)
         if not bandit:
             obs = torch.cat([obs, tradeoff], -1) if args.multi else obs
-            stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
-            loss = loss + stats["losses/critic_loss"]
-    stats["losses/q_mean"], stats["loss"] = q_values.mean(), loss.detach()
+            stats["critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+            loss = loss + stats["critic_loss"]
+    stats["q_mean"] = q_values.mean()
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -632,7 +703,8 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
     with torch.no_grad():
         for p in agent.duals():
             p.clamp_(min=MIN_LOG_DUAL)
-    return {k: v.detach() for k, v in stats.items()}  # no autograd graph kept until the log
+    # Detached, so that no autograd graph is kept until the log; TensorBoard's names.
+    return {f"losses/{k}": v.detach() for k, v in stats.items()}
 
 
 # ========================================================================================================
@@ -648,10 +720,10 @@ class Run:
     def __init__(self, args: Args, state: TrainState, total: int, initial: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        config, stamp = dataclasses.asdict(args), int(time.time())
-        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+        config = dataclasses.asdict(args)
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.dir = os.path.join(args.output_dir, name)
-        if args.resume:  # continue in the checkpoint's directory
+        if args.resume:
             self.dir = os.path.dirname(os.path.abspath(args.resume))
             name = os.path.basename(self.dir)
         try:
@@ -664,10 +736,12 @@ class Run:
             import wandb
 
             wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-        self.writer, table = SummaryWriter(self.dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer = SummaryWriter(self.dir)
+        table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        # disable=None: no bar when not a terminal (Run.log prints a line instead).
         bar = dict(unit="step", desc=f"{args.method} {args.env_id}", dynamic_ncols=True, disable=None)
-        self.progress = tqdm(total=total, initial=initial, **bar)  # tqdm off when not a tty
+        self.progress = tqdm(total=total, initial=initial, **bar)
         self.start = time.time() - state.wall_time
         # The rate and ETA count this process's steps over its time outside evaluations.
         self.first_steps = (state.learner_steps, state.env_steps)
@@ -679,7 +753,7 @@ class Run:
     def log(self, agent: Agent, metrics: list[dict], step: int, env_steps: int) -> None:
         """Average the metric tensors since the last log with one device->host copy."""
         check_finite(agent, step, self.dir)
-        keys = [k for k in metrics[0] if k != "loss"]
+        keys = list(metrics[0])
         values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
         metrics.clear()
         for k, v in zip(keys, values):
@@ -722,7 +796,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     """Seeding, actors, learner, the training loop (sections 1-8), the final evaluation and results."""
-    os.environ.setdefault("MUJOCO_GL", "egl" if args.capture_video else "disable")  # before dm_control loads
+    # Evaluation renders only for --capture-video (EGL); set before dm_control loads.
+    os.environ.setdefault("MUJOCO_GL", "egl" if args.capture_video else "disable")
     check_args(args)
     ckpt = load_checkpoint(args, typed) if args.resume else None
     args = ckpt["args"] if ckpt else args
@@ -734,11 +809,14 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     gen = torch.Generator(device).manual_seed(args.seed)
     bandit = args.env_id in BANDITS
     envs = None if bandit else make_envs(args.env_id, args.num_envs)
-    spaces = (1,), (1,)  # a bandit's dummy state and scalar action
-    spaces = spaces if bandit else (envs.single_observation_space.shape, envs.single_action_space.shape)
-    (obs_dim,), (act_dim,) = spaces
+    # A bandit has a dummy state and a scalar action.
+    obs_dim = act_dim = 1
+    if not bandit:
+        (obs_dim,) = envs.single_observation_space.shape
+        (act_dim,) = envs.single_action_space.shape
     num_temperatures = (1 if args.method == "ls" else 2) + args.action_penalization
-    cond_dim = 2 if args.multi else 0  # a --multi policy and critic also see the trade-off vector (K = 2)
+    # A --multi policy and critic also see the trade-off vector (K = 2).
+    cond_dim = 2 if args.multi else 0
     agent = Agent(obs_dim + cond_dim, act_dim, num_temperatures, args).to(device)
     if args.compile:
         compile_networks(agent)
@@ -764,13 +842,15 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
             run.progress.update(1)
         elif not bandit:
             run_round(envs, learner, args, state, run, stop)
-    if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
-        stop.end_loop(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
-    if checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
+    # A stop during the loop: checkpoint the learner step reached, print the --resume line, exit.
+    stop.end_loop(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
+    # Before the final evaluation, which an extended (resumed) run would not make.
+    if checkpoint_every:
         save_checkpoint(run, args, learner, state)
     evaluate_and_log(agent, args, eval_alphas, state, run)
     state.wall_time = time.time() - run.start
-    run.progress.close(), run.writer.close()
+    run.progress.close()
+    run.writer.close()
     if args.save_model:
         export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
     if args.save_replay:
@@ -816,7 +896,7 @@ class StopSignals:
         save_checkpoint()
         self.run.progress.close()
         self.run.writer.close()
-        resume = f"python {SCRIPT} --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
+        resume = f"python {SCRIPT}.py --resume {os.path.join(self.run.dir, 'checkpoint.pt')}"
         line = f"{signal.Signals(self.signum).name}: stopped at learner step {step}; continue with: {resume}"
         print(line, file=sys.stderr)
         sys.exit(128 + self.signum)
@@ -825,9 +905,11 @@ class StopSignals:
 def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run, stop: StopSignals) -> None:
     """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave. A stop
     mid-episode returns after the current learner or env step; a resumed round re-executes its actions."""
-    device, gen = learner.gen.device, learner.gen
+    gen = learner.gen
+    device = gen.device
     obs, _ = envs.reset(seed=round_seeds(args.seed, state.round, 0, args.num_envs))
-    if not state.round_actions:  # a new round: one trade-off per actor and episode (App. C)
+    # A new round: one trade-off per actor and episode (App. C).
+    if not state.round_actions:
         state.round_alphas = draw_alphas(args, args.num_envs, gen, device).tolist()
     cond = tradeoff_vector(torch.tensor(state.round_alphas, device=device), args)
     episode_return = torch.zeros(args.num_envs, 2, device=device)
@@ -843,11 +925,13 @@ def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run, s
             learn(learner, args, state, run)
             state.credit -= 1.0
             continue
-        with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
+        # fp32 even with --bf16: faster for E observations (docs/results.md).
+        with torch.no_grad():
             mean, stddev = learner.agent.policy(torch.cat([obs, cond], -1) if args.multi else obs)
             actions = (mean + stddev * torch.randn(mean.shape, device=device, generator=gen)).clamp(-1.0, 1.0)
         executed = actions.cpu().numpy()
-        if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
+        # Diverged since the last log: stop before the physics does.
+        if not np.isfinite(executed).all():
             check_finite(learner.agent, state.learner_steps, run.dir)
         state.round_actions.append(executed.tolist())
         transition = dict(obs=obs, actions=actions)
@@ -875,8 +959,9 @@ def step_envs(envs, executed: np.ndarray, args: Args, device) -> tuple:
 
 def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     """One learner step, the target update and the log when due."""
-    agent, optimizers, replay = learner.agent, learner.optimizers, learner.replay
-    learner.metrics.append(learner_step(agent, optimizers, replay, learner.atoms, args, learner.gen))
+    agent = learner.agent
+    stats = learner_step(agent, learner.optimizers, learner.replay, learner.atoms, args, learner.gen)
+    learner.metrics.append(stats)
     state.learner_steps += 1
     if state.learner_steps % args.target_update_period == 0:
         agent.update_targets()
@@ -894,7 +979,9 @@ def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, vid
         return bandit_rewards(args.env_id, act(torch.zeros(1, 1, device=device))).cpu().numpy()
     envs = make_envs(args.env_id, args.eval_episodes, render=video is not None)
     obs, _ = envs.reset(seed=round_seeds(args.seed, round_idx, 1, args.eval_episodes))
-    returns, alive, frames = np.zeros((args.eval_episodes, 2)), np.ones(args.eval_episodes, bool), []
+    returns = np.zeros((args.eval_episodes, 2))
+    alive = np.ones(args.eval_episodes, bool)
+    frames = []
     t = 0
     while alive.any():
         if video and alive[0] and t % VIDEO_FRAME_SKIP == 0:
@@ -909,7 +996,8 @@ def evaluate(agent: Agent, args: Args, alpha: float, round_idx: int, device, vid
         import imageio
 
         os.makedirs(os.path.dirname(video), exist_ok=True)
-        imageio.mimsave(video, frames, duration=10 * VIDEO_FRAME_SKIP, loop=0)  # control at 100 Hz
+        # The control suite steps at 100 Hz: 10 ms per step.
+        imageio.mimsave(video, frames, duration=10 * VIDEO_FRAME_SKIP, loop=0)
     return returns
 
 
@@ -921,7 +1009,9 @@ def policy_mean(agent: Agent, args: Args, alpha: float, obs: torch.Tensor) -> to
 
 def evaluate_and_log(agent: Agent, args: Args, eval_alphas: list, state: TrainState, run: Run) -> None:
     """Evaluate every trade-off, append to the results, log eval/ tags (and snapshot the policy)."""
-    step, env_steps, device = state.learner_steps, state.env_steps, next(agent.parameters()).device
+    step = state.learner_steps
+    env_steps = state.env_steps
+    device = next(agent.parameters()).device
     start = time.time()
     check_finite(agent, step, run.dir)
     if step == 0 and args.env_id not in BANDITS:
@@ -935,7 +1025,8 @@ def evaluate_and_log(agent: Agent, args: Args, eval_alphas: list, state: TrainSt
         record = {"step": step, "env_steps": env_steps, "alpha": alpha, "returns": returns.tolist()}
         record["mean"] = mean
         line = f"step {step} (env steps {env_steps}) α {alpha}: returns {mean[0]:.2f}, {mean[1]:.2f}"
-        if args.env_id in BANDITS:  # no env steps; the policy is one Gaussian, its mean is the action played
+        # A bandit: no env steps; the policy is one Gaussian, its mean is the action played.
+        if args.env_id in BANDITS:
             with torch.no_grad():
                 action = policy_mean(agent, args, alpha, torch.zeros(1, 1, device=device)).item()
             record["mean_action"] = action
@@ -960,7 +1051,8 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     """Area dominated by 2-D points and bounded below by the reference point (maximisation)."""
     front = points[pareto_mask(points) & (points > reference).all(-1)]
     area, best_y = 0.0, reference[1]
-    for x, y in front[np.argsort(-front[:, 0])]:  # sweep from the best first objective down
+    # Sweep from the best first objective down.
+    for x, y in front[np.argsort(-front[:, 0])]:
         if y > best_y:
             area, best_y = area + (x - reference[0]) * (y - best_y), y
     return float(area)
@@ -968,7 +1060,8 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
 
 def write_results(args: Args, state: TrainState, run_dir: str, eval_alphas: list, act_dim: int) -> dict:
     """results.json (docs/dime_morl.md) with the final evaluation's Pareto front and hypervolume; a plot."""
-    last = state.evaluations[-len(eval_alphas) :]  # the last evaluation, one entry per trade-off
+    # The last evaluation, one entry per trade-off.
+    last = state.evaluations[-len(eval_alphas) :]
     final = [{"alpha": e["alpha"], "mean": e["mean"], "std": np.std(e["returns"], 0).tolist()} for e in last]
     points = np.array([f["mean"] for f in final])
     # Hypervolume reference: each objective's worst return (bandits: its value at the other's optimum).
@@ -983,7 +1076,7 @@ def write_results(args: Args, state: TrainState, run_dir: str, eval_alphas: list
     results.update(hv_reference=reference.tolist(), learner_steps=state.learner_steps)
     results.update(env_steps=state.env_steps, wall_time_s=state.wall_time, args=dataclasses.asdict(args))
     results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
-    results["precision"] = "bf16 autocast, fp32 heads" if args.bf16 else "fp32"  # after check_device
+    results["precision"] = "bf16 autocast, fp32 heads" if args.bf16 else "fp32"
     write_json(os.path.join(run_dir, "results.json"), results)
     plot_front(results, os.path.join(run_dir, "pareto.png"))
     return results
@@ -991,14 +1084,17 @@ def write_results(args: Args, state: TrainState, run_dir: str, eval_alphas: list
 
 def plot_front(results: dict, path: str) -> None:
     """Every evaluation (coloured by learner step) and the final one per α; bandits: over the true front."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
+    from matplotlib.figure import Figure
 
-    env_id, evaluations = results["env_id"], results["evaluations"]
+    env_id = results["env_id"]
+    evaluations = results["evaluations"]
     ax = Figure(figsize=(5, 4), layout="tight").subplots()
-    if env_id in BANDITS:  # the true front: the rewards of every Pareto-optimal action
+    # A bandit's true front: the rewards of every Pareto-optimal action.
+    if env_id in BANDITS:
         optimal = torch.linspace(*((0.0, 2.0) if env_id == "schaffer" else (-1.0, 1.0)), 200)[:, None]
         ax.plot(*bandit_rewards(env_id, optimal).T, color="0.8", lw=3, label="Pareto front")
-    history, steps = np.array([e["mean"] for e in evaluations]).T, [e["step"] for e in evaluations]
+    history = np.array([e["mean"] for e in evaluations]).T
+    steps = [e["step"] for e in evaluations]
     sc = ax.scatter(*history, c=steps, cmap="viridis", s=12, label="evaluations")
     ax.scatter(*np.array(results["pareto"]).T, color="C3", marker="*", s=120, label="final, non-dominated")
     x_label, y_label = (f"return: {name}" for name in results["objectives"])
@@ -1014,8 +1110,8 @@ def write_json(path: str, obj) -> None:
 
 
 def atomic_write(path: str, write) -> None:
-    """Write a temporary file beside `path` and rename it: a crash never leaves half a file at `path`."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")  # same suffix
+    """Write a temporary file beside `path` (same suffix) and rename it: a crash never leaves half a file."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")
     write(tmp)
     os.replace(tmp, path)
 
@@ -1024,7 +1120,8 @@ def save_checkpoint(run: Run, args: Args, learner: Learner, state: TrainState) -
     """Everything needed to continue exactly: networks, targets, duals, optimisers, replay, RNG, the metrics
     since the last log, the TrainState (a stopped round's trade-offs and actions too)."""
     check_finite(learner.agent, state.learner_steps, run.dir)
-    state.wall_time, state.last_ckpt = time.time() - run.start, state.learner_steps
+    state.wall_time = time.time() - run.start
+    state.last_ckpt = state.learner_steps
     ckpt = {"script": SCRIPT, "args": dataclasses.asdict(args), "agent": learner.agent.state_dict()}
     ckpt["optimizers"] = {k: o.state_dict() for k, o in learner.optimizers.items()}
     ckpt["replay"] = None if learner.replay is None else learner.replay.state_dict()
@@ -1036,7 +1133,7 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """Read a checkpoint for --resume; refuse an unreadable one, another script's, or conflicting flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
+    except Exception as e:
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
         fail(f"--resume {args.resume} was not written by dime_morl.py; pass one of its checkpoint.pt files")
@@ -1063,7 +1160,7 @@ def restore(ckpt: dict, learner: Learner) -> None:
     """Load a checkpoint's networks, optimisers, replay, RNG and metrics since the last log in place."""
     try:
         learner.agent.load_state_dict(ckpt["agent"])
-    except RuntimeError as e:  # written by another version of this script: other parameters
+    except RuntimeError as e:
         missing = str(e).splitlines()[-1].strip()
         fail(f"--resume: the checkpoint's parameters do not fit this script ({missing}); start a new run")
     for k, opt in learner.optimizers.items():
@@ -1078,7 +1175,8 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
     """torch.export of the policy: `torch.export.load(path).module()(obs)` -> (mean, stddev); meta.json."""
     policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
     policy.load_state_dict(agent.policy.state_dict())
-    example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
+    example = torch.zeros(2, policy.torso[0].in_features)
+    batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
     meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
     meta.update(multi=args.multi, hidden_sizes=list(args.hidden_sizes), script=f"{SCRIPT}.py")
@@ -1094,12 +1192,14 @@ def save_replay(replay: Replay, args: Args, path: str) -> None:
     data = replay.chronological()
     rows = len(data["obs"]) // args.num_envs
     timeouts = data["ends"] & ~data["terminals"]
-    timeouts[rows - 1 :: rows] |= ~data["terminals"][rows - 1 :: rows]  # each actor's stream is cut there
+    # Each actor's stream is cut at its last row.
+    timeouts[rows - 1 :: rows] |= ~data["terminals"][rows - 1 :: rows]
     rewards = data["rewards"][:, 0]
     columns = (data["obs"], data["actions"], rewards, data["next_obs"], data["terminals"], timeouts)
     save_hdf5(make_dataset(*columns, env_id=args.env_id), path, source="dime_morl.py replay", seed=args.seed)
 
 
 if __name__ == "__main__":
-    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])  # on the command line, even at the default
+    # The flags on the command line, even those given at their default (load_checkpoint).
+    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])
     main(tyro.cli(Args, description=__doc__.split("\n\n")[0]), typed)
