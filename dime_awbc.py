@@ -157,14 +157,12 @@ class Args:
 
 @dataclass
 class TrainState:
-    """All a checkpoint carries besides networks, optimisers and RNG: counters, the results so far, the last
-    logged averages (`diagnostics`, copied into each evaluation) and the metrics since (`metrics`)."""
+    """A checkpoint's counters and results besides the Learner; `diagnostics`: the last logged averages."""
 
     learner_steps: int = 0
     wall_time: float = 0.0
     evaluations: list = field(default_factory=list)
     diagnostics: dict = field(default_factory=dict)
-    metrics: list = field(default_factory=list)
 
 
 def fail(message: str) -> None:
@@ -223,8 +221,7 @@ def check_finite(agent: nn.Module, step: int, run_dir: str) -> None:
 # ==== 2. Environment and dataset ==========================================================================
 @functools.cache
 def gymnasium_id(env_id: str) -> str:
-    """The gymnasium id of --env-id: control-suite <domain>_<task> (through shimmy) or a registered id;
-    cached, so the env families register once."""
+    """The gymnasium id of --env-id: <domain>_<task> (control suite, through shimmy) or registered; cached."""
     import gymnasium as gym
     import shimmy
     from dm_control import suite
@@ -506,11 +503,9 @@ def policy_loss(agent: Agent, batch: PolicyBatch, args: Args) -> tuple[torch.Ten
 
 @torch.no_grad()
 def offline_diagnostics(batch: PolicyBatch, data_weights: torch.Tensor, stddev: torch.Tensor) -> dict:
-    """Learner diagnostics with Acme's names: Q of the N sampled actions; the dataset action's advantage
-    A = Q(s, a_D) - mean_i Q(s, a_i) and its policy-loss weight w [B] over the `valid` rows: shares of w below
-    0.1 and above 10, normalised effective sample size (Σw)²/(n·Σw²) (1: uniform); the policy's stddev.
-    DiME (BC)'s w is 1, so its weight statistics read 0, 0 and 1: logged so the offline scripts' runs
-    compare key by key. Masked reductions: no host sync."""
+    """Acme's learner diagnostics: Q of the N samples; over the valid rows, the dataset action's advantage
+    A = Q(s, a_D) - mean_i Q(s, a_i) and its weight w: shares below 0.1 and above 10, ESS (Σw)²/(n·Σw²)
+    (DiME (BC)'s w = 1 reads 0, 0, 1: kept so that every offline run logs the same keys); π's stddev."""
     valid = batch.valid > 0
     n = valid.sum().clamp(min=1)
     advantage = batch.q_dataset - batch.q_sampled.mean(0)
@@ -629,7 +624,6 @@ class Run:
             self.writer.add_scalar(k, v, step)
         sps = (step - self.first_step) / max(time.time() - self.clock - self.eval_seconds, 1e-9)
         self.writer.add_scalar("charts/SPS", sps, step)
-        # Not a terminal (nohup, a batch job): a line stands in for the bar.
         if self.progress.disable:
             evaluations_left = self.progress.total // self.eval_every - step // self.eval_every
             seconds_per_evaluation = self.eval_seconds / max(self.evaluations, 1)
@@ -639,6 +633,18 @@ class Run:
                 flush=True,
             )
         return dict(zip(keys, values))
+
+
+@dataclass
+class Learner:
+    """What a learner step needs, and the metric tensors since the last log."""
+
+    agent: Agent
+    optimizers: dict
+    data: dict
+    atoms: torch.Tensor
+    gen: torch.Generator
+    metrics: list = field(default_factory=list)
 
 
 def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
@@ -661,33 +667,32 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     device, args = check_device(args)
     gen = torch.Generator(device).manual_seed(args.seed)
     data, dataset_info, (obs_dim, act_dim), env_kwargs = load_data(args, device)
-    # Evaluation uses the dataset's env settings.
     args = dataclasses.replace(args, env_kwargs=env_kwargs)
     agent = Agent(obs_dim, act_dim, args).to(device)
     if args.compile:
         compile_networks(agent)
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms, device=device)
-    optimizers = make_optimizers(agent, args)
-    state = restore(ckpt, agent, optimizers, gen) if ckpt else TrainState()
+    learner = Learner(agent, make_optimizers(agent, args), data, atoms, gen)
+    state = restore(ckpt, learner) if ckpt else TrainState()
     stop.run = run = Run(args, state)
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
     # A checkpoint comes after the evaluation of its step.
     if not state.evaluations:
         evaluate_and_log(agent, args, state, run, data, atoms)
     while state.learner_steps < args.total_steps and not stop.signum:
-        state.metrics.append(learner_step(agent, optimizers, data, atoms, args, gen))
+        learner.metrics.append(learner_step(agent, learner.optimizers, data, atoms, args, gen))
         state.learner_steps = step = state.learner_steps + 1
         if step % args.target_update_period == 0:
             agent.update_targets()
         if step % args.log_every == 0:
-            state.diagnostics = run.log(agent, state.metrics, step)
+            state.diagnostics = run.log(agent, learner.metrics, step)
         if step % args.eval_every == 0:
             evaluate_and_log(agent, args, state, run, data, atoms)
         if checkpoint_every and (step % checkpoint_every == 0 or step == args.total_steps):
-            save_checkpoint(run, args, agent, optimizers, gen, state)
+            save_checkpoint(run, args, learner, state)
         run.progress.update(1)
     # A stop during the loop: checkpoint the learner step reached, print the --resume line, exit.
-    stop.end_loop(lambda: save_checkpoint(run, args, agent, optimizers, gen, state), state.learner_steps)
+    stop.end_loop(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
     # After the last checkpoint, so that a longer --resume does not repeat it.
     if args.total_steps % args.eval_every:
         evaluate_and_log(agent, args, state, run, data, atoms)
@@ -700,9 +705,8 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM during the training loop set `signum`: the loop ends after its learner step, `end_loop`
-    checkpoints and exits. Before the loop, after it, or a second signal: exit at once. The handlers that
-    were there before are back when the `with` block ends (a caller of `main` keeps its own)."""
+    """SIGINT/SIGTERM in the training loop set `signum`: the loop ends after its step, `end_loop` checkpoints
+    and exits; before or after the loop, or twice: exit at once. `with` gives the caller's handlers back."""
 
     signum = 0
     run = None
@@ -848,13 +852,13 @@ def atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run: Run, args: Args, agent: Agent, optimizers: dict, gen, state: TrainState) -> None:
+def save_checkpoint(run: Run, args: Args, learner: Learner, state: TrainState) -> None:
     """Everything needed to continue exactly: networks, targets, duals, optimisers, RNG, the TrainState."""
-    check_finite(agent, state.learner_steps, run.dir)
+    check_finite(learner.agent, state.learner_steps, run.dir)
     state.wall_time = time.time() - run.start
-    ckpt = dict(script=SCRIPT, args=dataclasses.asdict(args), agent=agent.state_dict(), rng=gen.get_state())
-    ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
-    ckpt["state"] = dataclasses.asdict(state)
+    ckpt = dict(script=SCRIPT, args=dataclasses.asdict(args), agent=learner.agent.state_dict())
+    ckpt["optimizers"] = {k: o.state_dict() for k, o in learner.optimizers.items()}
+    ckpt.update(rng=learner.gen.get_state(), metrics=learner.metrics, state=dataclasses.asdict(state))
     atomic_write(os.path.join(run.dir, "checkpoint.pt"), lambda f: torch.save(ckpt, f))
 
 
@@ -885,20 +889,19 @@ def resumed_args(args: Args, typed: frozenset[str], saved: dict) -> dict:
     return {**saved, **{k: getattr(args, k) for k in given & RESUME_OVERRIDES}}
 
 
-def restore(ckpt: dict, agent: Agent, optimizers: dict, gen) -> TrainState:
-    """Load a checkpoint's networks, optimisers and RNG in place; returns its TrainState, on their device."""
+def restore(ckpt: dict, learner: Learner) -> TrainState:
+    """Load a checkpoint into the Learner in place (networks, optimisers, RNG, metrics); returns its state."""
     try:
-        agent.load_state_dict(ckpt["agent"])
+        learner.agent.load_state_dict(ckpt["agent"])
     except RuntimeError as e:
         missing = str(e).splitlines()[-1].strip()
         fail(f"--resume: the checkpoint's parameters do not fit this script ({missing}); start a new run")
-    for k, opt in optimizers.items():
+    for k, opt in learner.optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
-    gen.set_state(ckpt["rng"])
-    device = next(agent.parameters()).device
-    # The checkpoint was read onto the CPU; its tensors follow the networks, as the optimisers' states do.
-    metrics = [{k: v.to(device) for k, v in m.items()} for m in ckpt["state"]["metrics"]]
-    return TrainState(**{**ckpt["state"], "metrics": metrics})
+    learner.gen.set_state(ckpt["rng"])
+    # The checkpoint was read onto the CPU; its metrics follow the networks, as the optimisers' states do.
+    learner.metrics = [{k: v.to(learner.atoms.device) for k, v in m.items()} for m in ckpt["metrics"]]
+    return TrainState(**ckpt["state"])
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:

@@ -1168,7 +1168,10 @@ def restore(ckpt: dict, learner: Learner) -> None:
     if learner.replay is not None:
         learner.replay.load_state_dict(ckpt["replay"])
     learner.gen.set_state(ckpt["rng"])
-    learner.metrics = [{k: v.to(learner.gen.device) for k, v in m.items()} for m in ckpt.get("metrics", [])]
+    learner.metrics = [
+        {k: v.to(next(learner.agent.parameters()).device) for k, v in m.items()}
+        for m in ckpt.get("metrics", [])
+    ]
 
 
 def export_policy(agent: Agent, args: Args, path: str) -> None:

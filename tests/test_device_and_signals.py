@@ -28,19 +28,30 @@ def one_learner_step(script: str):
     return module, args, agent, optimizers, gen, metrics
 
 
-@pytest.mark.parametrize("script", OFFLINE)
+class NoReplay:
+    """A replay buffer that restores nothing (the restored metrics are under test)."""
+
+    def load_state_dict(self, saved: dict) -> None:
+        pass
+
+
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_a_restored_state_lands_on_the_runs_device(script):
     """A checkpoint is read onto the CPU; `restore` puts the metrics since the last log (saved by a stop
     between two logs) where the networks are, so the first log after a resume stacks tensors of one device."""
     module, args, agent, optimizers, gen, metrics = one_learner_step(script)
-    state = module.TrainState(learner_steps=1, metrics=[metrics])
-    ckpt = dict(agent=agent.state_dict(), rng=gen.get_state(), state=dataclasses.asdict(state))
+    ckpt = dict(agent=agent.state_dict(), rng=gen.get_state(), metrics=[metrics], replay={})
     ckpt["optimizers"] = {k: o.state_dict() for k, o in optimizers.items()}
+    ckpt["state"] = dataclasses.asdict(module.TrainState(learner_steps=1))
     agent = agent.to("meta")
-    restored = module.restore(ckpt, agent, module.make_optimizers(agent, args), gen)
-    assert restored.learner_steps == 1 and len(restored.metrics) == 1
-    assert {v.device.type for m in restored.metrics for v in m.values()} == {"meta"}
+    parts = dict(agent=agent, optimizers=module.make_optimizers(agent, args), gen=gen)
+    parts.update(atoms=torch.zeros(1, device="meta"), replay=NoReplay())
+    fields = [f.name for f in dataclasses.fields(module.Learner) if f.name != "metrics"]
+    learner = module.Learner(**{name: parts.get(name) for name in fields})
+    module.restore(ckpt, learner)
+    assert len(learner.metrics) == 1
+    assert {v.device.type for m in learner.metrics for v in m.values()} == {"meta"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -61,6 +61,27 @@ def test_line_counts_add_up_section_by_section():
         assert sum(inside) == algorithm, script
 
 
+def test_the_readability_count_finds_each_kind_of_packed_statement_and_trailing_comment(tmp_path):
+    """Five packed lines, two trailing comments that are not shape notes, one that is."""
+    import count_lines
+
+    source = """
+a = 1; b = 2
+if a: b = 3
+c, d = len([]), abs(-1)
+print(a), print(b)
+if (e := a) > 0:
+    pass
+f, g = a, b  # a pair of names: not packed, and a trailing comment
+h = [a, b]  # [2]
+i = h  # a second trailing comment
+"""
+    path = tmp_path / "snippet.py"
+    path.write_text(source)
+    packed, trailing, code, nonblank = count_lines.readability(str(path))
+    assert (packed, trailing, code, nonblank) == (5, 2, 9, 9)
+
+
 # ----------------------------------------------------------------------------------------- results.json
 def tiny_dataset(path: str) -> str:
     """Three 20-step episodes of random cartpole_swingup-shaped transitions, written as project HDF5."""
