@@ -717,7 +717,7 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay | None, atoms, a
 class Run:
     """A run's directory (the checkpoint's on --resume), TensorBoard (wandb), progress bar, last-log clock."""
 
-    def __init__(self, args: Args, state: TrainState, total: int, initial: int):
+    def __init__(self, args: Args, state: TrainState, counter: str, total: int):
         from torch.utils.tensorboard import SummaryWriter
 
         config = dataclasses.asdict(args)
@@ -741,17 +741,20 @@ class Run:
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         # disable=None: no bar when not a terminal (Run.log prints a line instead).
         bar = dict(unit="step", desc=f"{args.method} {args.env_id}", dynamic_ncols=True, disable=None)
-        self.progress = tqdm(total=total, initial=initial, **bar)
+        self.progress = tqdm(total=total, initial=getattr(state, counter), **bar)
         self.start = time.time() - state.wall_time
-        # The rate and ETA count this process's steps over its time outside evaluations.
-        self.first_steps = (state.learner_steps, state.env_steps)
+        # The rate and ETA count this process's steps (the bar's: env steps, a bandit's learner steps) over
+        # its time outside evaluations.
+        self.counter = counter
+        self.first_steps = (state.learner_steps, getattr(state, counter))
         self.clock = time.time()
         self.eval_seconds = 0.0
         self.evaluations = 0
         self.eval_every = args.eval_every
 
-    def log(self, agent: Agent, metrics: list[dict], step: int, env_steps: int) -> None:
+    def log(self, agent: Agent, metrics: list[dict], state: TrainState) -> None:
         """Average the metric tensors since the last log with one device->host copy."""
+        step = state.learner_steps
         check_finite(agent, step, self.dir)
         keys = list(metrics[0])
         values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
@@ -761,18 +764,15 @@ class Run:
         seconds = max(time.time() - self.clock - self.eval_seconds, 1e-9)
         sps = (step - self.first_steps[0]) / seconds
         self.writer.add_scalar("charts/SPS", sps, step)
-        # Not a terminal (nohup, a batch job): a line stands in for the bar.
         if self.progress.disable:
-            env_steps_done = max(env_steps - self.first_steps[1], 1)
-            env_steps_left = self.progress.total - env_steps
-            evaluations_left = (
-                env_steps_left * (step - self.first_steps[0]) / env_steps_done // self.eval_every
-            )
+            done = getattr(state, self.counter)
+            done_here = max(done - self.first_steps[1], 1)
+            left = self.progress.total - done
+            evaluations_left = left * (step - self.first_steps[0]) / done_here // self.eval_every
             seconds_per_evaluation = self.eval_seconds / max(self.evaluations, 1)
-            eta = env_steps_left * seconds / env_steps_done + evaluations_left * seconds_per_evaluation
-            line = (
-                f"env step {env_steps}/{self.progress.total}, learner step {step}: {sps:.1f} learner steps/s"
-            )
+            eta = left * seconds / done_here + evaluations_left * seconds_per_evaluation
+            unit = self.counter[:-1].replace("_", " ")
+            line = f"{unit} {done}/{self.progress.total}, learner step {step}: {sps:.1f} learner steps/s"
             print(f"{line}, ETA {eta / 60:.0f} min", flush=True)
 
 
@@ -830,7 +830,7 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     if args.multi:
         eval_alphas = args.eval_alphas or np.linspace(*args.alpha_range, 5).tolist()
     counter, total = ("learner_steps", args.total_steps) if bandit else ("env_steps", args.total_env_steps)
-    stop.run = run = Run(args, state, total, getattr(state, counter))
+    stop.run = run = Run(args, state, counter, total)
     checkpoint_every = args.eval_every if args.checkpoint_every is None else args.checkpoint_every
     while (state.round_actions or getattr(state, counter) < total) and not stop.signum:
         if not state.round_actions and state.learner_steps - state.last_eval >= args.eval_every:
@@ -966,7 +966,7 @@ def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     if state.learner_steps % args.target_update_period == 0:
         agent.update_targets()
     if state.learner_steps % args.log_every == 0:
-        run.log(agent, learner.metrics, state.learner_steps, state.env_steps)
+        run.log(agent, learner.metrics, state)
 
 
 # ==== 10. Evaluation: per-trade-off returns, Pareto front, hypervolume ====================================

@@ -190,7 +190,8 @@ def cell_dir(out: str, name: str, env_id: str, alpha: float | None, seed: int) -
 
 def expand(grid: dict, out: str) -> list[Cell]:
     """Every cell of the grid, in order: entry, env id, α, seed; two entries may not share a cell."""
-    cells, seen = [], set()
+    cells = []
+    seen = set()
     for entry in run_entries(grid):
         for env_id in entry["env_ids"]:
             if not SAFE_NAME.match(env_id):
@@ -266,7 +267,8 @@ def run_cell(cell: Cell, threads: int | None = None) -> dict:
     log = os.path.join(cell.directory, LOG)
     if finished(cell):
         return dict(cell=cell, status="skipped", returncode=0, log=log, seconds=0.0)
-    start, returncode = time.time(), 1
+    start = time.time()
+    returncode = 1
     try:
         os.makedirs(cell.directory, exist_ok=True)
         command = cell_command(cell)

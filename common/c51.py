@@ -36,7 +36,8 @@ def categorical_l2_project(
     num_atoms = atoms.shape[0]
     if probs.dim() != 2 or probs.shape[1] != num_atoms:
         raise ValueError(f"probs must be [B, {num_atoms}], got {tuple(probs.shape)}")
-    if rewards.shape != probs.shape[:1] or discounts.shape != probs.shape[:1]:  # else rows would lose mass
+    # Shapes that broadcast otherwise would lose mass from rows.
+    if rewards.shape != probs.shape[:1] or discounts.shape != probs.shape[:1]:
         raise ValueError(
             f"rewards and discounts must be [{probs.shape[0]}], got {tuple(rewards.shape)} and "
             f"{tuple(discounts.shape)}"
@@ -44,11 +45,13 @@ def categorical_l2_project(
     v_min, v_max = atoms[0], atoms[-1]
     delta_z = (v_max - v_min) / (num_atoms - 1)
     shifted = (rewards[:, None] + discounts[:, None] * atoms[None, :]).clamp(v_min, v_max)  # [B, J]
-    position = ((shifted - v_min) / delta_z).clamp(0, num_atoms - 1)  # fractional index on the support
+    # Each shifted atom's fractional index on the support splits its mass between the atoms around it: the
+    # share `upper_weight` goes one atom up (none at v_max, where upper = lower).
+    position = ((shifted - v_min) / delta_z).clamp(0, num_atoms - 1)  # [B, J]
     lower = position.floor()
-    upper_weight = position - lower  # share of the mass that goes to the next atom up
+    upper_weight = position - lower
     lower = lower.long()
-    upper = (lower + 1).clamp(max=num_atoms - 1)  # at v_max the upper share is 0
+    upper = (lower + 1).clamp(max=num_atoms - 1)
     projected = torch.zeros_like(probs)
     projected.scatter_add_(1, lower, probs * (1.0 - upper_weight))
     projected.scatter_add_(1, upper, probs * upper_weight)

@@ -207,7 +207,8 @@ def nstep_transitions(ds: Dataset, n: int, gamma: float) -> dict[str, np.ndarray
 def discounted_returns(ds: Dataset, gamma: float) -> np.ndarray:
     """Monte-Carlo return of every row, G_t = Σ_j γ^j r_{t+j} to its episode's last row (no bootstrap at a
     time limit: a lower bound there). The offline scripts rank their critic's Q(s_t, a_t) against it."""
-    out, running = np.zeros(len(ds), np.float64), 0.0
+    out = np.zeros(len(ds), np.float64)
+    running = 0.0
     ends = np.zeros(len(ds), bool)
     ends[ds.episode_ends()] = True
     for t in range(len(ds) - 1, -1, -1):
@@ -317,7 +318,8 @@ def flatten_group(node) -> tuple[np.ndarray, list]:
     if isinstance(node, h5py.Dataset):
         value = node[()]
         return value.reshape(len(value), -1), []
-    parts, keys = [], []
+    parts = []
+    keys = []
     for key in sorted(node.keys()):
         value, sub = flatten_group(node[key])
         parts.append(value)
@@ -369,8 +371,10 @@ def load_minari(directory: str) -> Dataset:
             episode = h5[name]
             try:
                 obs, obs_keys = flatten_group(episode["observations"])
-                actions, rewards = episode["actions"][()], episode["rewards"][()]
-                terminations, truncations = episode["terminations"][()], episode["truncations"][()]
+                actions = episode["actions"][()]
+                rewards = episode["rewards"][()]
+                terminations = episode["terminations"][()]
+                truncations = episode["truncations"][()]
             except KeyError as e:
                 raise DatasetError(
                     f"{path}: {name} lacks {e}; a Minari episode needs observations, actions, "
@@ -471,7 +475,8 @@ def parse_example(record: bytes) -> dict:
     for _, _, features in proto_fields(record):
         for _, _, entry in proto_fields(features):
             fields = {n: v for n, _, v in proto_fields(entry)}
-            name, feature = fields[1].decode(), fields.get(2, b"")
+            name = fields[1].decode()
+            feature = fields.get(2, b"")
             for kind, _, values in proto_fields(feature):
                 items = list(proto_fields(values))
                 if kind == 1:  # BytesList
@@ -514,7 +519,8 @@ def convert_rlu(path: str) -> Dataset:
     each transition its own 1-step "episode" (`one_step_only`).
     """
     columns = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminals", "timeouts")}
-    obs_keys, episodic = None, None
+    obs_keys = None
+    episodic = None
     for shard in rlu_shards(path):
         for record in read_tfrecords(shard):
             ex = parse_example(record)
@@ -522,10 +528,8 @@ def convert_rlu(path: str) -> Dataset:
             steps = len(ex["reward"])
             obs = np.concatenate([ex[f"observation/{k}"].reshape(steps, -1) for k in keys], axis=1)
             if obs_keys is None:
-                obs_keys, episodic = (
-                    [[k, ex[f"observation/{k}"].size // steps] for k in keys],
-                    "episode_id" in ex,
-                )
+                obs_keys = [[k, ex[f"observation/{k}"].size // steps] for k in keys]
+                episodic = "episode_id" in ex
             actions = ex["action"].reshape(steps, -1)
             if episodic:
                 columns["obs"].append(obs[:-1])
@@ -557,7 +561,8 @@ def load_rlu(path: str) -> Dataset:
         ds = convert_rlu(path)
         save_hdf5(ds, cached, source=path)
     ds = load_hdf5(cached)
-    ds.source, ds.one_step_only = path, bool(read_attr(cached, "one_step_only"))
+    ds.source = path
+    ds.one_step_only = bool(read_attr(cached, "one_step_only"))
     return ds
 
 
@@ -587,7 +592,7 @@ def download_rlu(task: str, layout: str, out: str, shards: int = RLU_SHARDS) -> 
             with urllib.request.urlopen(request, timeout=30) as response, open(part, "ab") as f:
                 if response.status == 200 and done:  # the server ignored the range: start over
                     f.truncate(0)
-                while chunk := response.read(1 << 20):
+                for chunk in iter(lambda: response.read(1 << 20), b""):
                     f.write(chunk)
         except OSError as e:
             raise DatasetError(
@@ -639,7 +644,9 @@ def zoo_dataset_id(
 
 
 ZOO_CHUNK = 25  # episodes stepped in lockstep: the unit of work, fixed so results never depend on workers
-RANDOM, GAIT = -1, -2  # behaviours that are not zoo policies: uniform-random and open-loop gait episodes
+# Behaviours that are not zoo policies: uniform-random and open-loop gait episodes.
+RANDOM = -1
+GAIT = -2
 GAIT_PERIOD = (10, 60)  # steps per cycle of an open-loop gait, drawn per episode (cheetah_run: returns 0-132)
 _WORKER: dict = {}  # per process: the envs and policies of one task, built once
 
@@ -656,7 +663,8 @@ def rollout_chunk(env_id: str, ids: list[int], behaviour: list[int], seed: int, 
         _WORKER.update(env_id=env_id, envs=[], policies=[torch.export.load(f).module() for f in files])
     envs = _WORKER["envs"]
     envs += [make_env(env_id)[0] for _ in range(len(ids) - len(envs))]
-    action_dims, behaviour = envs[0].action_space.shape[0], np.asarray(behaviour)
+    action_dims = envs[0].action_space.shape[0]
+    behaviour = np.asarray(behaviour)
     rngs = [np.random.default_rng([seed, e]) for e in ids]
     obs = np.stack([envs[i].reset(seed=int(r.integers(2**31)))[0] for i, r in enumerate(rngs)])
     gaits = [  # (period, amplitude [D], phase [D]); drawn after the reset seed, for gait episodes only
@@ -686,7 +694,8 @@ def rollout_chunk(env_id: str, ids: list[int], behaviour: list[int], seed: int, 
             next_obs, reward, terminated, truncated, _ = envs[i].step(action)
             for key, value in zip(steps[i], (obs[i].copy(), action, reward, next_obs, terminated)):
                 steps[i][key].append(value)
-            obs[i], alive[i] = next_obs, not (terminated or truncated)
+            obs[i] = next_obs
+            alive[i] = not (terminated or truncated)
     return [{k: np.asarray(v) for k, v in episode.items()} for episode in steps]
 
 
@@ -821,7 +830,8 @@ def load_dataset(spec: str, env_id: str | None = None, seed: int = 0) -> Dataset
                 f"--dataset {spec}: reward_scale must be a positive number, e.g. {base}:reward_scale=10"
             )
         ds = load_dataset(base, env_id, seed)
-        ds.rewards, ds.source = ds.rewards * np.float32(c), f"{ds.source}:reward_scale={scale}"
+        ds.rewards = ds.rewards * np.float32(c)
+        ds.source = f"{ds.source}:reward_scale={scale}"
         return ds
     if spec == "zoo":
         if env_id is None:

@@ -158,3 +158,31 @@ def test_the_line_printed_off_a_terminal_gives_the_runs_rate_and_eta(script, tmp
     run.writer.close()
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 100/")]
     assert lines == ["step 100/1000: 10.0 learner steps/s, ETA 5 min"]
+
+
+@pytest.mark.parametrize("script", ONLINE)
+def test_the_online_line_printed_off_a_terminal_gives_the_runs_rate_and_eta(
+    script, tmp_path, monkeypatch, capsys
+):
+    """A 100 s evaluation, then 1000 env steps and 250 learner steps in 10 s: the line reads 25 learner
+    steps/s, and its ETA is the 9000 env steps left at 100 per second plus the 4 evaluations (every 500
+    learner steps) the 2250 learner steps left will make, at 100 s each: 490 s, "8 min"."""
+    module, args, agent, _, _, metrics = one_learner_step(script)
+    flags = dict(total_env_steps=10_000, eval_every=500, output_dir=str(tmp_path))
+    args = dataclasses.replace(args, **flags)
+    clock = FakeClock()
+    monkeypatch.setattr(module.time, "time", clock)
+    state = module.TrainState()
+    run = module.Run(args, state, "env_steps", args.total_env_steps) if script == "dime_morl" else None
+    run = run or module.Run(args, state)
+    run.progress.disable = True
+    clock.now += 100.0
+    run.eval_seconds += 100.0
+    run.evaluations += 1
+    clock.now += 10.0
+    state.learner_steps = 250
+    state.env_steps = 1000
+    run.log(agent, [metrics], state)
+    run.writer.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("env step")]
+    assert lines == ["env step 1000/10000, learner step 250: 25.0 learner steps/s, ETA 8 min"]
