@@ -7,7 +7,7 @@
 Counted from the section headers (`# ==== N. ...`): the algorithm is sections 3-8 (networks, C51 critic,
 E-step, M-step, policy objective, replay, learner step), from the line of section 3's header to the banner
 that ends the algorithm. The training loop sits below the banner, with the harness it calls; the last
-column counts it as algorithm too, as the issue tracker's measure does: the `while` loop of `main` and, in
+column counts it as algorithm too: the `while` loop of `train` (of `main` in older versions) and, in
 the online scripts, `run_round` and `learn` (actors, replay ratio, learner steps). Everything else is
 harness (module docstring, imports, Args and flag checks, environments and data loading, evaluation,
 logging, checkpoints, export). Blank lines are not counted; comments and docstrings are.
@@ -37,7 +37,7 @@ def loop_lines(tree: ast.Module) -> set[int]:
     """Line numbers (1-based) of the training loop: main's `while` statements and the loop's functions."""
     lines = set()
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "main":
+        if isinstance(node, ast.FunctionDef) and node.name in ("main", "train"):
             for stmt in node.body:
                 if isinstance(stmt, ast.While):
                     lines |= set(range(stmt.lineno, stmt.end_lineno + 1))
