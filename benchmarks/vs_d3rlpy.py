@@ -7,17 +7,24 @@
 d3rlpy is not a project dependency: it runs in its own virtual environment, given by --d3rlpy-python
 (benchmarks/README.md shows how to make it), as separate `--worker` processes.
 
-Speed: every measurement is a fresh process, and the rounds alternate d3rlpy and our scripts so that both
-see the same machine load; the best round of each configuration is kept.
-- d3rlpy: `CRRConfig(batch_size=256, n_action_samples=4)` with 256×3 encoders for actor and critic (its
-  defaults otherwise: scalar critic, advantage "mean", exp weights, β = 1), a step being what its `fit`
-  loop does: `dataset.sample_transition_batch` then `algo.update`.
+Speed: every measurement is a fresh process, and the rounds alternate d3rlpy and our scripts (in reverse
+order every other round) so that both see the same machine load; the best round of each configuration is
+kept.
+- d3rlpy: `CRRConfig(batch_size=256)` with 256×3 encoders for actor and critic (its defaults otherwise:
+  scalar critic, advantage "mean", exp weights, β = 1), at its default `n_action_samples=4` and at our
+  N = 20 (the same number of sampled actions: equal work but for the critic's head), a step being what its
+  `fit` loop does: `dataset.sample_transition_batch` then `algo.update`.
 - ours: the script's `learner_step` (minibatch drawn on the device, C51 critic with 101 atoms, N = 20
-  sampled actions) at the CPU preset, fp32 and --bf16.
-Prints ms per learner step and the ratio d3rlpy / ours (≥ 1: ours is no slower).
+  sampled actions) at the CPU preset, in each of --modes, the precision settled as the script settles it
+  (`check_device`: --bf16 is dropped on a CPU without native bfloat16). The offline scripts train on the
+  dataset; the online learners on a full replay of random transitions of its sizes (benchmarks/speed.py).
+Every row: ms per learner step, the ratios d3rlpy / ours at N = 4 and at N = 20 (≥ 1: ours is no slower),
+the step's matmul floor (its matmul FLOPs over the matmul peak of the precision it trains in), that peak,
+whether the CPU multiplies bfloat16 natively, and the CPU model. The peaks are measured in every round, only
+for the precisions the run trains in, on 512² matmuls for about a second each.
 
-Quality (--quality): for every dataset and seed, d3rlpy's CRR (as above) and each of our --learners train
-for --train-steps learner steps on the same HDF5 file; every learner's policy mean is evaluated every
+Quality (--quality): for every dataset and seed, d3rlpy's CRR (as above, N = 4) and each of our --learners
+train for --train-steps learner steps on the same HDF5 file; every learner's policy mean is evaluated every
 --eval-every steps on --eval-episodes episodes of the same env with the same reset seeds (our scripts'
 own evaluation; d3rlpy's policies are exported with `save_policy` and evaluated here the same way). Cells
 live in <out>/<dataset>/<learner>/seed_<s>/ with a results.json each, so a re-run skips finished cells and
@@ -29,6 +36,7 @@ policies: many different actions at the same states) or ENV:PATH (an HDF5 file).
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import subprocess
@@ -36,14 +44,27 @@ import sys
 import time
 import warnings
 
-from aggregate import mean_ci95  # benchmarks/aggregate.py: the Student t every table here uses
+# benchmarks/aggregate.py: the Student t every table here uses
+from aggregate import mean_ci95
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HIDDEN, BATCH, D3RLPY_SAMPLES = (256, 256, 256), 256, 4
+HIDDEN = (256, 256, 256)
+BATCH = 256
+# d3rlpy's default number of sampled actions, and ours (the CPU preset's and the paper's N)
+D3RLPY_SAMPLES = 4
+OUR_SAMPLES = 20
+ONLINE = ("dime_morl", "dime_finetune")
+# the online learners' replay: cheetah_run's observation and action sizes
+OBS_DIM = 17
+ACT_DIM = 6
+# the peak matmuls: small enough that even a CPU without native bfloat16 (~1 GFLOP/s) does one in 0.3 s
+PEAK_SIZE = 512
+PEAK_BUDGET_S = 1.0
 
 
-def make_d3rlpy_crr(dataset: str, seed: int = 0):
-    """d3rlpy's CRR at the comparison setting and the project HDF5 `dataset` as its MDPDataset."""
+def make_d3rlpy_crr(dataset: str, seed: int = 0, samples: int = D3RLPY_SAMPLES):
+    """d3rlpy's CRR at the comparison setting with `samples` sampled actions, and the project HDF5 `dataset`
+    as its MDPDataset."""
     import d3rlpy
     import h5py
     import numpy as np
@@ -61,7 +82,7 @@ def make_d3rlpy_crr(dataset: str, seed: int = 0):
     encoder = d3rlpy.models.VectorEncoderFactory(list(HIDDEN))
     config = d3rlpy.algos.CRRConfig(
         batch_size=BATCH,
-        n_action_samples=D3RLPY_SAMPLES,
+        n_action_samples=samples,
         actor_encoder_factory=encoder,
         critic_encoder_factory=encoder,
     )
@@ -70,19 +91,27 @@ def make_d3rlpy_crr(dataset: str, seed: int = 0):
     return algo, data
 
 
-def d3rlpy_worker(dataset: str, steps: int, warmup: int) -> float:
-    """Seconds per d3rlpy CRR step (batch sampling + update) on the project HDF5 `dataset`."""
-    algo, data = make_d3rlpy_crr(dataset)
-
-    def step():
-        algo.update(data.sample_transition_batch(BATCH))
-
+def timed(step, steps: int, warmup: int) -> dict:
+    """Seconds per call of `step` over `steps` calls after `warmup` untimed ones, and the matmul FLOPs of one
+    more call."""
     for _ in range(warmup):
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    return {"seconds_per_step": seconds, "flops_per_step": step_flops(step)}
+
+
+def d3rlpy_worker(dataset: str, steps: int, warmup: int, samples: int) -> dict:
+    """Seconds and matmul FLOPs per d3rlpy CRR step (batch sampling + update) with `samples` sampled actions
+    on the project HDF5 `dataset`; d3rlpy trains in fp32."""
+    algo, data = make_d3rlpy_crr(dataset, samples=samples)
+
+    def step():
+        algo.update(data.sample_transition_batch(BATCH))
+
+    return {**timed(step, steps, warmup), "precision": "float32"}
 
 
 def d3rlpy_train_worker(dataset: str, steps: int, eval_every: int, seed: int, cell: str) -> None:
@@ -120,7 +149,8 @@ def d3rlpy_diagnostics(algo, dataset: str, rows: int = 4096) -> dict:
 
     with h5py.File(dataset, "r") as h5:
         idx = np.linspace(0, len(h5["rewards"]) - 1, rows).astype(int)
-        obs, actions = h5["observations"][:][idx], h5["actions"][:][idx]
+        obs = h5["observations"][:][idx]
+        actions = h5["actions"][:][idx]
     q_data = algo.predict_value(obs, actions)
     q_samples = np.stack([algo.predict_value(obs, algo.sample_action(obs)) for _ in range(D3RLPY_SAMPLES)])
     advantage = q_data - q_samples.mean(0)
@@ -136,31 +166,26 @@ def d3rlpy_diagnostics(algo, dataset: str, rows: int = 4096) -> dict:
     }
 
 
-def ours_worker(
-    script: str, dataset: str, steps: int, warmup: int, bf16: bool, compile: bool, nonnative: bool = False
-) -> tuple[float, int]:
-    """Seconds per learner step of one of our scripts (CPU preset, N = 20): the offline ones on `dataset`,
-    the online ones on a full replay of random transitions of the same sizes (benchmarks/speed.py)."""
-    import importlib
-
+def settled_args(module, args, nonnative: bool):
+    """`args` as the script's main() settles them on the CPU (`check_device`: the allocator settings, and
+    --bf16 dropped without native bfloat16); `nonnative` forces "not native", as on an AVX2 CPU."""
     import torch
 
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import speed
+    if nonnative:
+        torch.cpu._is_avx512_bf16_supported = lambda: False
+        torch.cpu._is_amx_tile_supported = lambda: False
+    return module.check_device(dataclasses.replace(args, cuda=False))[1]
+
+
+def offline_step(module, script: str, dataset: str, bf16: bool, compile: bool, nonnative: bool):
+    """One offline script's learner step at the CPU preset on `dataset`, and the args it trains with."""
+    import torch
 
     from common.datasets import load_hdf5, nstep_transitions
 
-    if script in speed.ONLINE:
-        timer = speed.time_morl_learner if script == "dime_morl" else speed.time_finetune_learner
-        return timer("cpu", torch.device("cpu"), steps, 20, compile, bf16), None  # FLOPs: not counted
-
-    module = importlib.import_module(script)
     tradeoff = {} if script == "dime_multi" else {"alpha": 0.5}
-    args = module.Args(**tradeoff, hidden_sizes=HIDDEN, batch_size=BATCH, num_samples=20, bf16=bf16)
-    if nonnative:  # as on a CPU without avx512_bf16 or AMX, whatever this one has
-        torch.cpu._is_avx512_bf16_supported = torch.cpu._is_amx_tile_supported = lambda: False
-    args = module.check_device(dataclasses.replace(args, cuda=False))[1]  # as main(): allocator, --bf16 check
+    args = module.Args(**tradeoff, hidden_sizes=HIDDEN, batch_size=BATCH, num_samples=OUR_SAMPLES, bf16=bf16)
+    args = settled_args(module, args, nonnative)
     ds = load_hdf5(dataset)
     data = {k: torch.as_tensor(v) for k, v in nstep_transitions(ds, args.n_step, args.gamma).items()}
     agent = module.Agent(ds.observations.shape[1], ds.actions.shape[1], args)
@@ -169,14 +194,45 @@ def ours_worker(
     optimizers = module.make_optimizers(agent, args)
     atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(warmup):
-        module.learner_step(agent, optimizers, data, atoms, args, gen)
-    start = time.perf_counter()
-    for _ in range(steps):
-        stats = module.learner_step(agent, optimizers, data, atoms, args, gen)
-    stats["loss"].item()
-    seconds = (time.perf_counter() - start) / steps
-    return seconds, step_flops(lambda: module.learner_step(agent, optimizers, data, atoms, args, gen))
+    return (lambda: module.learner_step(agent, optimizers, data, atoms, args, gen)), args
+
+
+def online_step(module, script: str, bf16: bool, compile: bool, nonnative: bool):
+    """One online script's learner step at the CPU preset on a full replay of random transitions of
+    cheetah_run's sizes (benchmarks/speed.py's setup; dime_finetune with a teacher of the policy's size), and
+    the args it trains with."""
+    import speed
+    import torch
+
+    args = module.Args(env_id="cheetah_run", hidden_sizes=HIDDEN, bf16=bf16)
+    bf16 = settled_args(module, args, nonnative).bf16
+    cpu = torch.device("cpu")
+    setup = speed.online_setup(module, "cpu", cpu, OUR_SAMPLES, compile, bf16, OBS_DIM, ACT_DIM)
+    args, agent, optimizers, replay = setup
+    gen = torch.Generator().manual_seed(0)
+    if script == "dime_morl":
+        atoms = module.critic_supports(args, ACT_DIM)
+        return (lambda: module.learner_step(agent, optimizers, replay, atoms, args, gen)), args
+    teacher = module.Policy(OBS_DIM, ACT_DIM, args.hidden_sizes).eval()
+    atoms = torch.linspace(args.v_min, args.v_max, args.num_atoms)
+    return (lambda: module.learner_step(agent, optimizers, replay, teacher, atoms, args, gen)), args
+
+
+def ours_worker(
+    script: str, dataset: str, steps: int, warmup: int, bf16: bool, compile: bool, nonnative: bool = False
+) -> dict:
+    """Seconds and matmul FLOPs per learner step of one of our scripts (CPU preset, N = 20), and the precision
+    it trained in: the offline ones on `dataset`, the online ones on a full replay of random transitions."""
+    import importlib
+
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    module = importlib.import_module(script)
+    if script in ONLINE:
+        step, args = online_step(module, script, bf16, compile, nonnative)
+    else:
+        step, args = offline_step(module, script, dataset, bf16, compile, nonnative)
+    return {**timed(step, steps, warmup), "precision": "bfloat16" if args.bf16 else "float32"}
 
 
 def step_flops(step) -> int:
@@ -189,36 +245,105 @@ def step_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def peak_worker(dtype: str, size: int = 2048, repeats: int = 10) -> float:
-    """The machine's matmul throughput here and now: GFLOP/s of the best of `repeats` size² matmuls."""
+def peak_worker(dtype: str, size: int = PEAK_SIZE, budget_s: float = PEAK_BUDGET_S) -> float:
+    """The machine's matmul throughput in `dtype` here and now, in GFLOP/s: the fastest of size² matmuls
+    repeated for `budget_s` seconds, and at least twice (the first one warms up)."""
     import torch
 
-    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
-    best = float("inf")
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    durations = []
+    start = time.perf_counter()
+    while len(durations) < 2 or time.perf_counter() - start < budget_s:
+        begin = time.perf_counter()
         a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+        durations.append(time.perf_counter() - begin)
+    return 2 * size**3 / min(durations) / 1e9
 
 
-def cpu_description() -> str:
-    """The CPU's model name, whether it multiplies bfloat16 natively (avx512_bf16 or AMX), and the flags that
-    decide matmul speed."""
+def bf16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (avx512_bf16 or AMX): the test of the scripts'
+    `check_device`, without which --bf16 trains in fp32."""
     import torch
 
-    with open("/proc/cpuinfo") as f:  # the first CPU's fields (Linux)
-        fields = (line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        info = {key.strip(): value.strip() for key, value in fields}
-    model, flags = info.get("model name", ""), info.get("flags", "").split()
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    bf16 = "native" if native else "NOT native"
-    return f"{model or 'unknown CPU'} ({' '.join(simd)}); bfloat16 matmuls {bf16}"
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def cpu_fields() -> dict:
+    """The first CPU's fields in /proc/cpuinfo (Linux; empty elsewhere)."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return {}
+    with open("/proc/cpuinfo") as f:
+        first = f.read().split("\n\n")[0]
+    fields = [line.split(":", 1) for line in first.splitlines() if ":" in line]
+    return {key.strip(): value.strip() for key, value in fields}
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (a VM may show only "AMD EPYC": family 25 is
+    Zen 3, 23 Zen 1/2, 26 Zen 5)."""
+    info = cpu_fields()
+    name = info.get("model name", "unknown CPU")
+    if "cpu family" not in info:
+        return name
+    return f"{name} (family {info['cpu family']}, model {info.get('model', '?')})"
+
+
+def cpu_flags() -> str:
+    """The CPU's flags that decide matmul speed."""
+    flags = cpu_fields().get("flags", "").split()
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One configuration of the speed run: its row name, interpreter, worker arguments, number of sampled
+    actions, critic, and the precision it trains in (what its floor is computed at)."""
+
+    name: str
+    python: str
+    worker: tuple[str, ...]
+    samples: int
+    critic: str
+    dtype: str
+
+
+def run_dtype(mode: str, native: bool) -> str:
+    """The precision a mode trains in: bfloat16 for --bf16 only on a CPU that multiplies it natively (the
+    scripts drop --bf16 elsewhere), never for bf16-nonnative (--bf16 with "not native" forced)."""
+    parts = mode.split("-")
+    bf16 = "bf16" in parts and "nonnative" not in parts and native
+    return "bfloat16" if bf16 else "float32"
+
+
+def speed_plan(scripts: list[str], modes: list[str], native: bool, d3rlpy_python: str) -> list[Config]:
+    """The speed run's configurations: d3rlpy's CRR at its default N = 4 and at our N = 20, then every script
+    in every mode."""
+    plan = [
+        Config(f"d3rlpy N={n}", d3rlpy_python, ("d3rlpy", str(n)), n, "scalar", "float32")
+        for n in (D3RLPY_SAMPLES, OUR_SAMPLES)
+    ]
+    for script in scripts:
+        for mode in modes:
+            worker = (script, *mode.split("-"))
+            dtype = run_dtype(mode, native)
+            plan.append(Config(f"{script} {mode}", sys.executable, worker, OUR_SAMPLES, "C51", dtype))
+    return plan
+
+
+def needed_peaks(plan: list[Config]) -> list[str]:
+    """The matmul peaks a run needs: one per precision its configurations train in, fp32 first."""
+    return sorted({config.dtype for config in plan}, reverse=True)
+
+
+def round_order(plan: list[Config], round_index: int) -> list[Config]:
+    """The plan in order on even rounds and reversed on odd ones: d3rlpy, ours, ours, d3rlpy, so that over two
+    rounds neither side is always measured first."""
+    return list(plan) if round_index % 2 == 0 else list(reversed(plan))
 
 
 def measure(python: str, worker: list[str], opts, threads: int) -> dict:
-    """Run one worker process and return what it printed: seconds per step (and matmul FLOPs per step)."""
+    """Run one worker process and return what it printed: seconds and matmul FLOPs per step, or GFLOP/s."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [python, os.path.abspath(__file__), "--worker", *worker, "--dataset", opts.dataset]
     command += ["--steps", str(opts.steps), "--warmup", str(opts.warmup)]
@@ -226,6 +351,116 @@ def measure(python: str, worker: list[str], opts, threads: int) -> dict:
     if out.returncode != 0:
         sys.exit(f"error: {' '.join(worker)} failed:\n{out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def speed_record(config: Config, best: dict, flops: dict, peaks: dict, machine: dict) -> dict:
+    """One row of the speed table: ms per step, the ratios to d3rlpy at N = 4 and N = 20, the matmul floor at
+    the peak of the precision the configuration trains in, that peak and the machine."""
+    seconds = best[config.name]
+    peak = peaks[config.dtype]
+    floor = flops[config.name] / (peak * 1e9)
+    return {
+        "learner": config.name,
+        "num_samples": config.samples,
+        "critic": config.critic,
+        "precision": config.dtype,
+        "ms_per_step": seconds * 1e3,
+        "ratio": best[f"d3rlpy N={D3RLPY_SAMPLES}"] / seconds,
+        "ratio_n20": best[f"d3rlpy N={OUR_SAMPLES}"] / seconds,
+        "gflop_per_step": flops[config.name] / 1e9,
+        "floor_ms": floor * 1e3,
+        "over_floor": seconds / floor,
+        "peak_gflops": peak,
+        **machine,
+    }
+
+
+SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}
+SPEED_COLUMNS = (
+    ("learner", "learner", "<22", "s"),
+    ("N", "num_samples", ">3", "d"),
+    ("critic", "critic", ">7", "s"),
+    ("dtype", "precision", ">6", "s"),
+    ("ms/step", "ms_per_step", ">8", ".1f"),
+    ("ratio", "ratio", ">6", ".2f"),
+    ("ratio N=20", "ratio_n20", ">11", ".2f"),
+    ("GFLOP", "gflop_per_step", ">6", ".2f"),
+    ("floor ms", "floor_ms", ">9", ".1f"),
+    ("/floor", "over_floor", ">7", ".2f"),
+    ("peak GFLOP/s", "peak_gflops", ">13", ".0f"),
+    ("bf16 native", "bf16_native", ">12", "s"),
+)
+
+
+def speed_line(record: dict | None) -> str:
+    """A row of the printed speed table, or its header for None; the CPU model last."""
+    cells = []
+    for title, key, align, kind in SPEED_COLUMNS:
+        if record is None:
+            cells.append(f"{title:{align}}")
+            continue
+        value = record[key]
+        if key == "bf16_native":
+            value = "yes" if value else "no"
+        if key == "precision":
+            value = SHORT_DTYPES[value]
+        cells.append(f"{value:{align}{kind}}")
+    cpu = "  CPU" if record is None else f"  {record['cpu']}"
+    return " ".join(cells) + cpu
+
+
+def measure_rounds(opts, plan: list[Config]) -> tuple[dict, dict, dict]:
+    """Every configuration of `plan` once per round, the order reversed every other round, and the matmul
+    peaks the plan needs at the start of each round: the best seconds per step, the FLOPs per step and the
+    best GFLOP/s per precision."""
+    best = {config.name: float("inf") for config in plan}
+    flops = {}
+    peaks = {dtype: 0.0 for dtype in needed_peaks(plan)}
+    for r in range(opts.rounds):
+        for dtype in peaks:
+            gflops = measure(sys.executable, ["peak", dtype], opts, opts.threads)["gflops"]
+            peaks[dtype] = max(peaks[dtype], gflops)
+            print(f"round {r + 1}: peak {dtype:<14} {gflops:7.0f} GFLOP/s", file=sys.stderr)
+        for config in round_order(plan, r):
+            out = measure(config.python, list(config.worker), opts, opts.threads)
+            best[config.name] = min(best[config.name], out["seconds_per_step"])
+            flops[config.name] = out["flops_per_step"]
+            ms = out["seconds_per_step"] * 1e3
+            print(f"round {r + 1}: {config.name:<22} {ms:7.1f} ms/step", file=sys.stderr)
+    return best, flops, peaks
+
+
+def speed(opts) -> None:
+    """Time d3rlpy's CRR and our scripts in alternating rounds; print (and with --out write as JSON) one row
+    per configuration, the best round of each."""
+    native = bf16_native()
+    machine = {"bf16_native": native, "cpu": cpu_model(), "threads": opts.threads}
+    plan = speed_plan(opts.scripts, opts.modes, native, opts.d3rlpy_python)
+    best, flops, peaks = measure_rounds(opts, plan)
+    rows = [speed_record(config, best, flops, peaks, machine) for config in plan]
+    setting = f"best of {opts.rounds} rounds × {opts.steps} steps"
+    print(f"dataset {opts.dataset}; {opts.threads} threads; {setting}")
+    print(f"CPU flags: {cpu_flags() or 'unknown'}; peaks on {PEAK_SIZE}² matmuls, best over rounds")
+    print(speed_line(None))
+    for record in rows:
+        print(speed_line(record))
+    if opts.out:
+        report = {"dataset": opts.dataset, "rounds": opts.rounds, "steps": opts.steps, **machine}
+        with open(opts.out, "w") as f:
+            json.dump({**report, "peak_gflops": peaks, "rows": rows}, f, indent=1)
+
+
+def worker(opts) -> None:
+    """Inside a measurement process: print one JSON line (a peak, or one configuration's step)."""
+    kind, *modes = opts.worker
+    if kind == "peak":
+        out = {"gflops": peak_worker(modes[0])}
+    elif kind == "d3rlpy":
+        out = d3rlpy_worker(opts.dataset, opts.steps, opts.warmup, int(modes[0]))
+    else:
+        flags = ("bf16" in modes, "compile" in modes, "nonnative" in modes)
+        out = ours_worker(kind, opts.dataset, opts.steps, opts.warmup, *flags)
+    print(json.dumps(out))
 
 
 def default_dataset() -> str:
@@ -236,9 +471,12 @@ def default_dataset() -> str:
     return os.path.join(cache_dir(), load_zoo("cheetah_run").source.split(":", 1)[1] + ".hdf5")
 
 
-QUALITY_LEARNERS = {  # name: (script, flags), each at the comparison's setting
-    "bc": ("dime_bc", "--alpha 1"),  # the paper's BC: DiME (BC) at α = 1, through the M-step
-    "bc_ml": ("crr_ls", "--alpha 1 --no-trust-region"),  # BC by plain maximum likelihood
+# name: (script, flags), each at the comparison's setting
+QUALITY_LEARNERS = {
+    # the paper's BC: DiME (BC) at α = 1, through the M-step
+    "bc": ("dime_bc", "--alpha 1"),
+    # BC by plain maximum likelihood
+    "bc_ml": ("crr_ls", "--alpha 1 --no-trust-region"),
     # CRR-exp with weights exp((1-α)/α·A) = exp(A) (d3rlpy's β = 1) by plain weighted maximum likelihood, as
     # d3rlpy's CRR: the d3rlpy-equivalent setting; "ls" is the paper's LS, through the M-step's trust region
     "ls_ml": ("crr_ls", "--alpha 0.5 --no-trust-region"),
@@ -246,7 +484,8 @@ QUALITY_LEARNERS = {  # name: (script, flags), each at the comparison's setting
     "dime_bc": ("dime_bc", "--alpha 0.45"),
     "dime_awbc": ("dime_awbc", "--alpha 0.5"),
 }
-DEFAULT_LEARNERS = list(QUALITY_LEARNERS)  # the paper's trade-offs
+# the paper's trade-offs
+DEFAULT_LEARNERS = list(QUALITY_LEARNERS)
 # the offline table's other trade-offs, for each DiME's best α on a dataset (asked for by name: dime_bc_a0.9)
 QUALITY_LEARNERS |= {f"dime_bc_a{a}": ("dime_bc", f"--alpha {a}") for a in (0.1, 0.5, 0.9)}
 QUALITY_LEARNERS |= {f"dime_awbc_a{a}": ("dime_awbc", f"--alpha {a}") for a in (0.1, 0.9)}
@@ -276,7 +515,8 @@ def resolve_dataset(spec: str) -> tuple[str, str, str]:
     kind, _, value = rest.partition("=")
     if rest and kind not in ("random", "gaits"):
         return dataset_tag(spec), env_id, rest
-    recipe = {"random_fraction": 0.1}  # the zoo default
+    # the zoo default
+    recipe = {"random_fraction": 0.1}
     if kind == "random":
         recipe = {"random_fraction": float(value)}
     if kind == "gaits":
@@ -294,12 +534,15 @@ def evaluate_exported(path: str, env_id: str, seed: int, step: int, episodes: in
     sys.path.insert(0, ROOT)
     import dime_bc
 
-    with warnings.catch_warnings():  # d3rlpy exports TorchScript, which torch 2.13 deprecates
+    # d3rlpy exports TorchScript, which torch 2.13 deprecates
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         policy = torch.jit.load(path)
     envs = dime_bc.make_envs(env_id, episodes)
-    obs, _ = envs.reset(seed=[int(s) for s in np.random.SeedSequence([seed, step]).generate_state(episodes)])
-    returns, alive = np.zeros(episodes), np.ones(episodes, bool)
+    seeds = np.random.SeedSequence([seed, step]).generate_state(episodes)
+    obs = envs.reset(seed=[int(s) for s in seeds])[0]
+    returns = np.zeros(episodes)
+    alive = np.ones(episodes, bool)
     while alive.any():
         with torch.no_grad():
             actions = policy(torch.as_tensor(obs, dtype=torch.float32)).clamp(-1.0, 1.0).numpy()
@@ -312,9 +555,8 @@ def evaluate_exported(path: str, env_id: str, seed: int, step: int, episodes: in
 
 def quality_cell(opts, tag: str, env_id: str, path: str, learner: str, seed: int) -> dict:
     """One (dataset, learner, seed) run, or its results.json when it already finished."""
-    import glob
-
-    if done := finished_cell(opts, tag, learner, seed):
+    done = finished_cell(opts, tag, learner, seed)
+    if done:
         return done
     cell = os.path.join(opts.out, tag, learner, f"seed_{seed}")
     os.makedirs(cell, exist_ok=True)
@@ -367,7 +609,8 @@ def quality(opts) -> None:
     learners = ["d3rlpy_crr", *opts.learners]
     table = {}
     for spec in opts.datasets:
-        if opts.summary:  # the finished cells only: no dataset is built
+        # --summary: the finished cells only, no dataset is built
+        if opts.summary:
             tag = dataset_tag(spec)
             runs = {
                 learner: [finished_cell(opts, tag, learner, s) for s in opts.seeds] for learner in learners
@@ -378,19 +621,22 @@ def quality(opts) -> None:
         table[tag] = {learner: [r["final"]["mean"] for r in done if r] for learner, done in runs.items()}
     best_alpha = add_best_alpha(table, len(opts.seeds))
     learners += [f"{family} best α" for family in BEST_ALPHA_FAMILIES]
-    learners = [x for x in learners if any(rows.get(x) for rows in table.values())]  # rows with a value
+    # the rows with a value
+    learners = [x for x in learners if any(rows.get(x) for rows in table.values())]
     header = f"| learner | {' | '.join(table)} |"
     lines = [header, "|---" * (len(table) + 1) + "|"]
     for learner in learners:
         cells = []
         for tag in table:
             finals = table[tag][learner]
-            if not finals:  # --summary: no finished cell yet
+            # --summary: no finished cell yet
+            if not finals:
                 cells.append("–")
                 continue
             mean, half = mean_ci95(finals)
             alpha = f", α = {best_alpha[tag, learner]}" if (tag, learner) in best_alpha else ""
-            interval = f" ± {half:.1f}" if half is not None else ""  # one seed: no interval
+            # one seed: no interval
+            interval = f" ± {half:.1f}" if half is not None else ""
             cells.append(f"{mean:.1f}{interval} ({', '.join(f'{v:.1f}' for v in finals)}{alpha})")
         lines.append(f"| {learner} | {' | '.join(cells)} |")
     setting = f"{opts.train_steps} learner steps, {opts.eval_episodes} final episodes, seeds {opts.seeds}"
@@ -402,7 +648,8 @@ def quality(opts) -> None:
         json.dump({"setting": setting, "final_returns": table}, f, indent=1)
 
 
-BEST_ALPHA_FAMILIES = {"dime_bc": 0.45, "dime_awbc": 0.5}  # learner -> its paper α; dime_bc_a0.9 etc.: others
+# learner -> its paper α; dime_bc_a0.9 etc.: its other α
+BEST_ALPHA_FAMILIES = {"dime_bc": 0.45, "dime_awbc": 0.5}
 
 
 def add_best_alpha(table: dict, seeds: int) -> dict:
@@ -424,14 +671,13 @@ def add_best_alpha(table: dict, seeds: int) -> dict:
 
 def finished_cell(opts, tag: str, learner: str, seed: int) -> dict | None:
     """A (dataset, learner, seed) cell's results.json if it finished, else None."""
-    import glob
-
     cell = os.path.join(opts.out, tag, learner, f"seed_{seed}")
     done = glob.glob(os.path.join(cell, "**", "results.json"), recursive=True)
     return json.load(open(done[0])) if done else None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: speed by default, --quality for final returns; --worker inside a measurement."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -471,76 +717,36 @@ def main() -> None:
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    opts = parser.parse_args()
-    if opts.worker == ["d3rlpy-train"]:  # inside a quality cell, in d3rlpy's venv
+    return parser.parse_args()
+
+
+def quality_defaults(opts) -> None:
+    """Fill in --out, --datasets and --learners of a --quality run (--summary: every one found)."""
+    opts.out = opts.out or os.path.join(ROOT, "benchmarks", "results", "vs_d3rlpy_quality")
+    if opts.summary and not os.path.isdir(opts.out):
+        sys.exit(f"error: --out {opts.out} holds no quality cells; run --quality without --summary first")
+    if opts.summary:
+        found = sorted(d for d in os.listdir(opts.out) if os.path.isdir(os.path.join(opts.out, d)))
+        opts.datasets = opts.datasets or found
+        opts.learners = opts.learners or list(QUALITY_LEARNERS)
+    opts.datasets = opts.datasets or ["cheetah_run", "cheetah_run:random=0.5"]
+    opts.learners = opts.learners or DEFAULT_LEARNERS
+
+
+def main() -> None:
+    opts = parse_args()
+    # inside a quality cell, in d3rlpy's venv
+    if opts.worker == ["d3rlpy-train"]:
         return d3rlpy_train_worker(opts.dataset, opts.steps, opts.eval_every, opts.seed, opts.cell)
-    if opts.worker:  # inside a measurement process
-        kind, *modes = opts.worker
-        if kind == "peak":
-            print(json.dumps({"gflops": peak_worker(modes[0])}))
-        elif kind == "d3rlpy":
-            print(json.dumps({"seconds_per_step": d3rlpy_worker(opts.dataset, opts.steps, opts.warmup)}))
-        else:
-            flags = ("bf16" in modes, "compile" in modes, "nonnative" in modes)
-            sec, flops = ours_worker(kind, opts.dataset, opts.steps, opts.warmup, *flags)
-            print(json.dumps({"seconds_per_step": sec, "flops_per_step": flops}))
-        return
+    if opts.worker:
+        return worker(opts)
     if not os.path.exists(opts.d3rlpy_python) and not opts.summary:
         sys.exit(f"error: no d3rlpy interpreter at {opts.d3rlpy_python}; make one (benchmarks/README.md)")
     if opts.quality:
-        opts.out = opts.out or os.path.join(ROOT, "benchmarks", "results", "vs_d3rlpy_quality")
-        if opts.summary and not os.path.isdir(opts.out):
-            sys.exit(f"error: --out {opts.out} holds no quality cells; run --quality without --summary first")
-        if opts.summary:  # every dataset folder and learner found
-            found = sorted(d for d in os.listdir(opts.out) if os.path.isdir(os.path.join(opts.out, d)))
-            opts.datasets = opts.datasets or found
-            opts.learners = opts.learners or list(QUALITY_LEARNERS)
-        opts.datasets = opts.datasets or ["cheetah_run", "cheetah_run:random=0.5"]
-        opts.learners = opts.learners or DEFAULT_LEARNERS
+        quality_defaults(opts)
         return quality(opts)
     opts.dataset = opts.dataset or default_dataset()
-    configs = [("d3rlpy", (opts.d3rlpy_python, ["d3rlpy"]))]
-    for script in opts.scripts:
-        for mode in opts.modes:
-            worker = [script, *mode.split("-")]
-            configs.append((f"{script} {mode}", (sys.executable, worker)))
-    best, flops = {name: float("inf") for name, _ in configs}, {}
-    peak = {"float32": 0.0, "bfloat16": 0.0}  # GFLOP/s, measured between the rounds: the same machine load
-    for r in range(opts.rounds):
-        for dtype in peak:
-            peak[dtype] = max(
-                peak[dtype], measure(sys.executable, ["peak", dtype], opts, opts.threads)["gflops"]
-            )
-        for name, (python, worker) in configs:
-            out = measure(python, worker, opts, opts.threads)
-            best[name], flops[name] = min(best[name], out["seconds_per_step"]), out.get("flops_per_step")
-            print(f"round {r + 1}: {name:<20} {out['seconds_per_step'] * 1e3:7.1f} ms/step", file=sys.stderr)
-    reference, cpu = best["d3rlpy"], cpu_description()
-    print(f"CPU: {cpu}; {opts.threads} threads")
-    fp32, bf16 = (f"{peak[k]:.0f} GFLOP/s" for k in ("float32", "bfloat16"))
-    print(f"matmul peak (2048², best over rounds): fp32 {fp32}, bf16 {bf16}")
-    print(f"dataset {opts.dataset}; best of {opts.rounds} rounds × {opts.steps} steps")
-    header = f"{'learner':<22}{'N':>3}{'critic':>8}{'ms/step':>9}{'steps/s':>9}{'ratio':>7}"
-    print(header + f"{'GFLOP':>7}{'floor ms':>9}{'/floor':>7}")
-    rows = []
-    for name, _ in configs:
-        n, critic = (D3RLPY_SAMPLES, "scalar") if name == "d3rlpy" else (20, "C51")
-        ratio, row = reference / best[name], f"{name:<22}{n:>3}{critic:>8}{best[name] * 1e3:>9.1f}"
-        row += f"{1 / best[name]:>9.1f}{ratio:>7.2f}"
-        record = dict(learner=name, num_samples=n, critic=critic, ms_per_step=best[name] * 1e3, ratio=ratio)
-        if flops.get(name):  # the matmul floor: the step's FLOPs at the peak of its precision
-            bf16 = "bf16" in name and "nonnative" not in name  # bf16-nonnative trains in fp32
-            floor = flops[name] / (peak["bfloat16" if bf16 else "float32"] * 1e9)
-            row += f"{flops[name] / 1e9:>7.2f}{floor * 1e3:>9.1f}{best[name] / floor:>7.2f}"
-            record.update(
-                gflop_per_step=flops[name] / 1e9, floor_ms=floor * 1e3, over_floor=best[name] / floor
-            )
-        print(row)
-        rows.append(record)
-    if opts.out:
-        with open(opts.out, "w") as f:
-            report = {"dataset": opts.dataset, "threads": opts.threads, "cpu": cpu, "peak_gflops": peak}
-            json.dump({**report, "rows": rows}, f, indent=1)
+    speed(opts)
 
 
 if __name__ == "__main__":
