@@ -55,101 +55,140 @@ from common.c51 import categorical_l2_project
 from common.datasets import DatasetError, zoo_policies
 
 SCRIPT = os.path.basename(__file__)
-MPO_FLOAT_EPSILON = 1e-8  # added to every softplus dual (Acme)
-MIN_LOG_DUAL = -18.0  # lower clamp of the dual parameters (Acme's _MIN_LOG_TEMPERATURE)
-POLICY_INIT_SCALE, POLICY_MIN_SCALE = 0.7, 1e-6  # Gaussian head: stddev at init, floor (Acme)
+# Acme's: the ε added to every softplus dual, the duals' lower clamp (_MIN_LOG_TEMPERATURE), and the
+# Gaussian head's stddev at initialisation and its floor.
+MPO_FLOAT_EPSILON = 1e-8
+MIN_LOG_DUAL = -18.0
+POLICY_INIT_SCALE = 0.7
+POLICY_MIN_SCALE = 1e-6
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CPU_PRESET = "--hidden-sizes 256 256 256 --batch-size 256"
 NETWORKS = ("policy", "critic")
 RESUME_OVERRIDES = {"total_env_steps", "checkpoint_every", "eval_every", "resume", "cuda", "track"}
-RESUME_OVERRIDES |= {"save_model", "log_every", "compile", "bf16"}  # flags a --resume may change
+RESUME_OVERRIDES |= {"save_model", "log_every", "compile", "bf16"}
 AT_LEAST = dict(batch_size=1, num_samples=1, n_step=1, num_envs=1, num_atoms=2, eval_episodes=1)
 
 
 # ==== 1. Args ===========================================================================================
 @dataclass
 class Args:
-    exp_name: str = SCRIPT[: -len(".py")]  # the name of this experiment (part of the run directory name)
-    seed: int = 1  # seed of python, numpy, torch and the environments
-    torch_deterministic: bool = True  # sets `torch.backends.cudnn.deterministic`
-    cuda: bool = True  # use CUDA when available (falls back to CPU with a notice)
-    output_dir: str = "runs"  # runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/
-    track: bool = False  # log to Weights & Biases (imported only then; synced with TensorBoard)
-    wandb_project_name: str = "dime-rl"  # the wandb project name
-    # export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end
+    exp_name: str = SCRIPT[: -len(".py")]
+    """the name of this experiment (part of the run directory name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to CPU with a notice)"""
+    output_dir: str = "runs"
+    """runs are written to <output-dir>/<env_id>__<exp_name>__<seed>__<unix_time>/"""
+    track: bool = False
+    """log to Weights & Biases (imported only then; synced with TensorBoard)"""
+    wandb_project_name: str = "dime-rl"
+    """the wandb project name"""
     save_model: bool = False
-    # write <run>/checkpoint.pt every this many learner steps (at the next round boundary; default: at every
-    # evaluation); 0 = never
+    """export the policy (torch.export, loads without this file) to <run>/policy.pt2 at the end"""
     checkpoint_every: int | None = None
-    # a checkpoint.pt to continue exactly (same run directory and flags; --total-env-steps may grow)
+    """write <run>/checkpoint.pt every this many learner steps (at the next round boundary; default: at every
+    evaluation); 0 = never"""
     resume: str | None = None
-    log_every: int = 100  # log losses every this many learner steps (the learner's only device->host copy)
-    # torch.compile the networks (faster learner steps after some seconds of compilation)
+    """a checkpoint.pt to continue exactly (same run directory and flags; --total-env-steps may grow)"""
+    log_every: int = 100
+    """log losses every this many learner steps (the learner's only device->host copy)"""
     compile: bool = False
-    # bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX;
-    # ignored with a notice on other CPUs, where fp32 is faster
+    """torch.compile the networks (faster learner steps after some seconds of compilation)"""
     bf16: bool = False
+    """bfloat16 torsos (heads, weights, losses in fp32): ~2x faster on GPUs and CPUs with avx512_bf16 or AMX;
+    ignored with a notice on other CPUs, where fp32 is faster"""
 
     # Algorithm specific arguments
 
-    env_id: str = "cartpole_swingup"  # control-suite task <domain>_<task>
-    # exported teacher policy (.pt2: observations -> (mean, stddev)); default: the task's middle zoo one
+    env_id: str = "cartpole_swingup"
+    """control-suite task <domain>_<task>"""
     teacher: str | None = None
-    # how the objectives are combined: DiME (eq. 7-8) or linear scalarization (eq. 6)
+    """exported teacher policy (.pt2: observations -> (mean, stddev)); default: the task's middle zoo one"""
     method: Literal["dime", "ls"] = "dime"
-    # trade-off in [0, 1]: weight of the teacher objective (the initial value with --learn-alpha)
+    """how the objectives are combined: DiME (eq. 7-8) or linear scalarization (eq. 6)"""
     alpha: float = 0.5
-    learn_alpha: bool = False  # learn α = sigmoid(x) by descending α·(E[Q] - c) (Sec. 6.3)
-    # c of the learned trade-off, an episode return; default: measured from the teacher (--threshold-margin)
+    """trade-off in [0, 1]: weight of the teacher objective (the initial value with --learn-alpha)"""
+    learn_alpha: bool = False
+    """learn α = sigmoid(x) by descending α·(E[Q] - c) (Sec. 6.3)"""
     return_threshold: float | None = None
-    # c = (1 - margin)·the teacher's mean episode return with sampled actions (what α = 1 can reach)
+    """c of the learned trade-off, an episode return; default: from the teacher's (--threshold-margin)"""
     threshold_margin: float = 0.1
-    # the learned α's logit is clamped to ±this (α ∈ [0.018, 0.982]): no wind-up past saturation
+    """c = (1 - margin)·the teacher's mean episode return with sampled actions (what α = 1 can reach)"""
     tradeoff_logit_bound: float = 4.0
-    # learner steps during which the learned α is held at --alpha (0: learned from the first step)
+    """the learned α's logit is clamped to ±this (α ∈ [0.018, 0.982]): no wind-up past saturation"""
     alpha_warmup_steps: int = 0
-    # dime: fix the teacher objective's temperature to 1, so its E-step is the teacher itself (eq. 8)
+    """learner steps during which the learned α is held at --alpha (0: learned from the first step)"""
     fixed_eta2: bool = False
-    epsilon_teacher: float = 0.1  # dime: KL bound of the teacher objective's E-step when η_2 is learned
-    total_env_steps: int = 1_000_000  # environment steps (summed over actors) to train for
-    num_envs: int = 4  # number of actors
-    replay_ratio: float = 0.25  # learner steps per environment step
-    learning_starts: int = 5_000  # environment steps collected before the first learner step
-    buffer_size: int = 1_000_000  # replay capacity in transitions
-    batch_size: int = 1024  # transitions per learner step (Table 4, finetuning)
-    # hidden layers of policy and critic (Table 3); CPU preset: 256 256 256
+    """dime: fix the teacher objective's temperature to 1, so its E-step is the teacher itself (eq. 8)"""
+    epsilon_teacher: float = 0.1
+    """dime: KL bound of the teacher objective's E-step when η_2 is learned"""
+    total_env_steps: int = 1_000_000
+    """environment steps (summed over actors) to train for"""
+    num_envs: int = 4
+    """number of actors"""
+    replay_ratio: float = 0.25
+    """learner steps per environment step"""
+    learning_starts: int = 5_000
+    """environment steps collected before the first learner step"""
+    buffer_size: int = 1_000_000
+    """replay capacity in transitions"""
+    batch_size: int = 1024
+    """transitions per learner step (Table 4, finetuning)"""
     hidden_sizes: tuple[int, ...] = (1024, 1024, 1024, 1024, 1024, 512)
-    num_samples: int = 20  # N: actions sampled per state for the E-step and the C51 mixture target
-    n_step: int = 5  # n of the n-step return (Table 3)
-    gamma: float = 0.99  # discount (Table 3)
-    v_min: float = -150.0  # lower end of the critic's support (Table 3)
-    v_max: float = 150.0  # upper end of the critic's support (Table 3)
-    num_atoms: int = 101  # atoms of the categorical critic (Table 3)
-    epsilon: float = 0.1  # ε_1: KL bound of the task objective's E-step (Table 3)
-    epsilon_mean: float = 0.0025  # ε_μ: M-step KL bound on the policy mean (Table 3)
-    epsilon_stddev: float = 1e-5  # ε_σ: M-step KL bound on the policy stddev (Table 3)
-    init_temperature: float = 10.0  # initial temperatures η (Table 3)
-    # initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO)
+    """hidden layers of policy and critic (Table 3); CPU preset: 256 256 256"""
+    num_samples: int = 20
+    """N: actions sampled per state for the E-step and the C51 mixture target"""
+    n_step: int = 5
+    """n of the n-step return (Table 3)"""
+    gamma: float = 0.99
+    """discount (Table 3)"""
+    v_min: float = -150.0
+    """lower end of the critic's support (Table 3)"""
+    v_max: float = 150.0
+    """upper end of the critic's support (Table 3)"""
+    num_atoms: int = 101
+    """atoms of the categorical critic (Table 3)"""
+    epsilon: float = 0.1
+    """ε_1: KL bound of the task objective's E-step (Table 3)"""
+    epsilon_mean: float = 0.0025
+    """ε_μ: M-step KL bound on the policy mean (Table 3)"""
+    epsilon_stddev: float = 1e-5
+    """ε_σ: M-step KL bound on the policy stddev (Table 3)"""
+    init_temperature: float = 10.0
+    """initial temperatures η (Table 3)"""
     init_log_alpha_mean: float = 1.0
-    init_log_alpha_stddev: float = 10.0  # same for α_σ (Acme TF DMPO)
-    lr: float = 1e-4  # Adam learning rate of policy and critic (Table 3)
-    dual_lr: float = 1e-2  # Adam learning rate of the dual variables and of the learned trade-off (Table 3)
-    target_update_period: int = 100  # learner steps between hard copies into the target networks (Table 3)
-    grad_clip: float = 40.0  # global gradient-norm clip of policy and critic
-    eval_every: int = 10_000  # evaluate every this many learner steps (at the next round boundary)
-    eval_episodes: int = 10  # episodes per evaluation
+    """initial log-space (softplus) value of the mean trust-region multiplier α_μ (Acme TF DMPO)"""
+    init_log_alpha_stddev: float = 10.0
+    """same for α_σ (Acme TF DMPO)"""
+    lr: float = 1e-4
+    """Adam learning rate of policy and critic (Table 3)"""
+    dual_lr: float = 1e-2
+    """Adam learning rate of the dual variables and of the learned trade-off (Table 3)"""
+    target_update_period: int = 100
+    """learner steps between hard copies into the target networks (Table 3)"""
+    grad_clip: float = 40.0
+    """global gradient-norm clip of policy and critic"""
+    eval_every: int = 10_000
+    """evaluate every this many learner steps (at the next round boundary)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
 
 
 @dataclass
 class TrainState:
-    """All a checkpoint holds besides networks, optimisers, replay, RNG: counters, results, round so far."""
+    """All a checkpoint holds besides networks, optimisers, replay, RNG: counters, results, round so far.
+    `round` counts the rounds played (every actor plays one episode per round), `credit` the learner steps
+    owed to the replay ratio; `last_eval` is the learner step of the last evaluation (between rounds)."""
 
     learner_steps: int = 0
     env_steps: int = 0
-    round: int = 0  # rounds of episodes played (every actor plays one per round)
-    credit: float = 0.0  # learner steps owed to the replay ratio
+    round: int = 0
+    credit: float = 0.0
     wall_time: float = 0.0
-    last_eval: float = -math.inf  # learner step of the last evaluation (between rounds)
+    last_eval: float = -math.inf
     last_ckpt: int = 0
     evaluations: list = field(default_factory=list)
     teacher_returns: list | None = None
@@ -183,10 +222,13 @@ def check_device(args: Args) -> tuple[torch.device, Args]:
         print("notice: CUDA is not available, training on the CPU")
     if device.type == "cpu" and max(args.hidden_sizes) >= 1024:
         print(f"notice: paper-size networks take ~1 s per learner step on 2 CPU cores; use {CPU_PRESET}")
-    if device.type == "cpu":  # glibc hands freed blocks over 128 kB back to the OS, and every learner step
-        with contextlib.suppress(OSError, AttributeError):  # page-faults its activations in again (~20 %)
-            libc = ctypes.CDLL("libc.so.6")  # keep them: blocks up to 32 MB from the heap, 512 MB kept
-            libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 512 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    # glibc hands freed blocks over 128 kB back to the OS, and every learner step page-faults its activations
+    # in again (~20 %): blocks up to 32 MB come from the heap (M_MMAP_THRESHOLD), 512 MB stay (M_TRIM_...).
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 32 << 20)
+            libc.mallopt(-1, 512 << 20)
     if args.bf16 and not native_bf16(device):
         print(f"notice: no native bfloat16 matmuls on this {device.type.upper()}: --bf16 off, fp32 is faster")
         args = dataclasses.replace(args, bf16=False)
@@ -197,7 +239,7 @@ def check_args(args: Args) -> None:
     """Validate flags once, naming the flag, the value received and the fix."""
     if not 0.0 <= args.alpha <= 1.0 or args.learn_alpha and not 0.0 < args.alpha < 1.0:
         fail(f"--alpha {args.alpha} is out of range; use [0, 1] ((0, 1) with --learn-alpha; paper: 0.5)")
-    for name, least in AT_LEAST.items():  # a categorical critic needs two atoms
+    for name, least in AT_LEAST.items():
         if getattr(args, name) < least:
             fail(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least {least}")
     if args.buffer_size < args.num_envs * (args.n_step + 1):
@@ -229,7 +271,7 @@ def load_teacher(args: Args, obs_dim: int, act_dim: int, device):
     path = args.teacher
     if path is None:
         entries = []
-        with contextlib.suppress(DatasetError):  # no zoo policy at all for this task
+        with contextlib.suppress(DatasetError):
             entries = [e for e in zoo_policies(args.env_id) if e["name"] == "middle"]
         if not entries:
             fail(f"no middle zoo policy for {args.env_id}; pass --teacher PATH (an exported policy .pt2)")
@@ -237,14 +279,15 @@ def load_teacher(args: Args, obs_dim: int, act_dim: int, device):
     if not os.path.isfile(path):
         problem = "is a directory" if os.path.isdir(path) else "not found"
         fail(f"--teacher {path} {problem}; pass an exported policy (.pt2), e.g. from zoo/")
-    logging.getLogger("torch.export").setLevel(logging.ERROR)  # its own report of a bad file: ours is below
+    # torch.export's own report of a bad file is replaced by ours below.
+    logging.getLogger("torch.export").setLevel(logging.ERROR)
     try:
         teacher = torch.export.load(path).module().to(device)
-    except Exception as e:  # truncated, or not a torch.export file
+    except Exception as e:
         fail(f"--teacher {path} is not a readable exported policy ({type(e).__name__}); pass one, e.g. zoo/")
     try:
         mean, stddev = teacher(torch.zeros(2, obs_dim, device=device))
-    except Exception as e:  # a policy for other observation sizes
+    except Exception as e:
         what = f"cannot act on {args.env_id}'s {obs_dim}-dim observations ({type(e).__name__})"
         fail(f"--teacher {path} {what}; pass a policy exported for {args.env_id}")
     if mean.shape != (2, act_dim) or stddev.shape != (2, act_dim):
@@ -282,12 +325,13 @@ class Policy(nn.Module):
         self.torso = layer_norm_mlp(obs_dim, hidden_sizes)
         self.mean = nn.Linear(hidden_sizes[-1], act_dim)
         self.stddev = nn.Linear(hidden_sizes[-1], act_dim)
-        for head in (self.mean, self.stddev):  # small init: the initial policy is N(≈0, 0.7) everywhere
+        # A small initialisation: the initial policy is N(≈0, 0.7) everywhere.
+        for head in (self.mean, self.stddev):
             nn.init.trunc_normal_(head.weight, std=math.sqrt(1e-4 / hidden_sizes[-1]))
             nn.init.zeros_(head.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.torso(obs)  # bfloat16 under --bf16 autocast; the heads run in fp32
+        h = self.torso(obs)
         stddev = F.softplus(fp32_linear(self.stddev, h)) * (POLICY_INIT_SCALE / math.log(2.0))
         return fp32_linear(self.mean, h), stddev + POLICY_MIN_SCALE
 
@@ -310,18 +354,18 @@ class Agent(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, args: Args):
         super().__init__()
-        hidden, critic_in = args.hidden_sizes, obs_dim + act_dim
-        self.policy, self.target_policy = (Policy(obs_dim, act_dim, hidden) for _ in range(2))
-        self.critic, self.target_critic = (Critic(critic_in, args.num_atoms, hidden) for _ in range(2))
+        sizes = args.hidden_sizes
+        self.policy, self.target_policy = (Policy(obs_dim, act_dim, sizes) for _ in range(2))
+        self.critic, self.target_critic = (Critic(obs_dim + act_dim, args.num_atoms, sizes) for _ in range(2))
         # Duals live in log space behind softplus (Acme): temperatures η_1, η_2 (ls: one), α_μ, α_σ.
         num_temperatures = 2 if args.method == "dime" else 1
         eta = torch.full((num_temperatures,), inv_softplus(args.init_temperature))
         self.log_temperature = nn.Parameter(eta)
         self.log_alpha_mean = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_mean))
         self.log_alpha_stddev = nn.Parameter(torch.full((act_dim,), args.init_log_alpha_stddev))
-        logit = math.log(args.alpha / (1 - args.alpha)) if 0 < args.alpha < 1 else 0.0  # used if learned
+        logit = math.log(args.alpha / (1 - args.alpha)) if 0 < args.alpha < 1 else 0.0
         self.tradeoff_logit = nn.Parameter(torch.tensor(logit))
-        # J(α)'s estimate of E_{s, a~π_i} Q: the actors' mean episode return of the latest round (run_round)
+        # J(α)'s estimate of E_{s, a~π_i} Q: the actors' mean episode return of the latest round (run_round).
         self.register_buffer("policy_return", torch.tensor(0.0))
         self.update_targets()
 
@@ -348,7 +392,7 @@ def make_optimizers(agent: Agent, args: Args) -> dict:
 
 def compile_networks(agent: Agent) -> None:
     """torch.compile every network's forward in place (state_dict keys stay the same)."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")  # inductor internals
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
     for net in (agent.policy, agent.target_policy, agent.critic, agent.target_critic):
         net.compile()
 
@@ -364,8 +408,9 @@ def dual(param: torch.Tensor) -> torch.Tensor:
 
 
 def tradeoff(agent: Agent, args: Args) -> torch.Tensor:
-    """The trade-off α: fixed --alpha, or sigmoid of the learned logit."""
-    return agent.tradeoff_logit.sigmoid() if args.learn_alpha else agent.tradeoff_logit.new_tensor(args.alpha)
+    """The trade-off α: --alpha filled on the device (no host copy), or sigmoid of the learned logit."""
+    logit = agent.tradeoff_logit
+    return logit.sigmoid() if args.learn_alpha else torch.full_like(logit, args.alpha)
 
 
 # ==== 4. Policy evaluation: C51 target (mixture over N target-policy actions, projection), critic loss ======
@@ -425,21 +470,27 @@ def compute_kl_penalty_and_dual_loss(kl: torch.Tensor, alpha: torch.Tensor, epsi
 
 
 # ==== 7. Policy objective: task and teacher, combined by DiME (eq. 7-8) or LS (eq. 6) ======================
-def e_step(agent: Agent, q_task, log_ratio, alpha, args: Args):
-    """Weights [N, B] of the α-mixture of the improved policies, temperature loss, and per-objective KLs.
-    q_task, log_ratio = log π_b(a|s) - log π_i(a|s): [N, B] on the sampled actions."""
-    temperature, alpha = dual(agent.log_temperature), alpha.detach()
-    if args.method == "ls":  # one E-step on the scalarised objective (eq. 6)
-        q, epsilon = ((1 - alpha) * q_task + alpha * log_ratio)[..., None], q_task.new_tensor([args.epsilon])
+def e_step(q_task, log_ratio, temperature, alpha, args: Args):
+    """Weights [N, B] of the α-mixture of the improved policies, the temperature loss, and KL(q_k ‖ π_i) [K].
+    q_task, log_ratio = log π_b(a|s) - log π_i(a|s): [N, B] on the sampled actions; temperature [K]."""
+    alpha = alpha.detach()
+    # LS: one E-step on the scalarised objective (eq. 6).
+    if args.method == "ls":
+        q = ((1 - alpha) * q_task + alpha * log_ratio)[..., None]
+        epsilon = q.new_full((1,), args.epsilon)
         weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilon, temperature)
         return weights[..., 0], temperature_loss, compute_nonparametric_kl(weights)
-    q, epsilon = torch.stack([q_task, log_ratio], -1), q_task.new_tensor([args.epsilon, args.epsilon_teacher])
-    if args.fixed_eta2:  # η_2 = 1: q_2 ∝ π_i·π_b/π_i = π_b (eq. 8); only η_1 is learned
-        temperature = torch.stack([temperature[0], temperature.new_tensor(1.0)])
-        epsilon = epsilon * epsilon.new_tensor([1.0, 0.0])
+    # DiME: one E-step per objective. --fixed-eta2 holds η_2 = 1, so that q_2 ∝ π_i·π_b/π_i = π_b (eq. 8) and
+    # only η_1 is learned. The bounds are filled on the device (no host copy per step).
+    q = torch.stack([q_task, log_ratio], -1)
+    epsilon_teacher = 0.0 if args.fixed_eta2 else args.epsilon_teacher
+    epsilon = torch.stack([q.new_full((), args.epsilon), q.new_full((), epsilon_teacher)])
+    if args.fixed_eta2:
+        temperature = torch.stack([temperature[0], torch.ones_like(temperature[0])])
     weights, temperature_loss = compute_weights_and_temperature_loss(q, epsilon, temperature)
-    mixture = (1 - alpha) * weights[..., 0] + alpha * weights[..., 1]  # eq. 7: the α-mixture of q_1, q_2
-    return mixture, temperature_loss, compute_nonparametric_kl(weights)  # KL(q_k ‖ π_i), absolute
+    # The α-mixture of q_1 and q_2 (eq. 7).
+    mixture = (1 - alpha) * weights[..., 0] + alpha * weights[..., 1]
+    return mixture, temperature_loss, compute_nonparametric_kl(weights)
 
 
 class PolicyBatch(NamedTuple):
@@ -453,56 +504,76 @@ class PolicyBatch(NamedTuple):
     log_ratio: torch.Tensor  # [N, B]: log π_b(a|s) - log π_i(a|s), the teacher objective's "Q" (eq. 6-8)
 
 
-def policy_loss(agent: Agent, batch: PolicyBatch, args: Args):
-    """MPO policy improvement on `states` [B, S]: π_i = N(target_mean, target_stddev) [B, D] proposed the
-    `actions` [N, B, D]; the E-step weights them per objective, the M-step fits the mixture. Returns
-    (loss incl. duals and the learned trade-off's loss, stats)."""
-    states, target_mean, target_stddev, actions, q_task, log_ratio = batch
+def policy_loss(agent: Agent, batch: PolicyBatch, args: Args) -> tuple[torch.Tensor, dict]:
+    """MPO policy improvement at the batch's states: the E-step weights the N actions sampled from
+    π_i = N(target_mean, target_stddev) per objective, the M-step fits the mixture. Returns the loss (with
+    the duals' and the learned trade-off's) and its statistics."""
     alpha = tradeoff(agent, args)
-    weights, temperature_loss, kl_q = e_step(agent, q_task, log_ratio, alpha, args)
-    mean, stddev = agent.policy(states)
-    cross_entropy = compute_cross_entropy_loss(actions, weights, mean, stddev, target_mean, target_stddev)
-    kl_mean = gaussian_kl(target_mean, target_stddev, mean, target_stddev)  # KL(π_i ‖ N(μ_θ, σ_i)) [B, D]
-    kl_stddev = gaussian_kl(target_mean, target_stddev, target_mean, stddev)  # KL(π_i ‖ N(μ_i, σ_θ))
-    loss_kl_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
-        kl_mean, dual(agent.log_alpha_mean), args.epsilon_mean
+    temperature = dual(agent.log_temperature)
+    alpha_mean = dual(agent.log_alpha_mean)
+    alpha_stddev = dual(agent.log_alpha_stddev)
+    weights, temperature_loss, kl_q = e_step(batch.q_task, batch.log_ratio, temperature, alpha, args)
+    mean, stddev = agent.policy(batch.states)
+    cross_entropy = compute_cross_entropy_loss(
+        batch.sampled, weights, mean, stddev, batch.target_mean, batch.target_stddev
     )
-    loss_kl_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
-        kl_stddev, dual(agent.log_alpha_stddev), args.epsilon_stddev
+    # The decoupled trust region: KL(π_i ‖ N(μ_θ, σ_i)) bounds the mean, KL(π_i ‖ N(μ_i, σ_θ)) the stddev.
+    kl_mean = gaussian_kl(batch.target_mean, batch.target_stddev, mean, batch.target_stddev)  # [B, D]
+    kl_stddev = gaussian_kl(batch.target_mean, batch.target_stddev, batch.target_mean, stddev)  # [B, D]
+    penalty_mean, loss_alpha_mean, kl_mean_avg = compute_kl_penalty_and_dual_loss(
+        kl_mean, alpha_mean, args.epsilon_mean
     )
-    loss_policy = cross_entropy + loss_kl_mean + loss_kl_stddev  # trains π_θ
-    stats = {"losses/policy_loss": loss_policy, "losses/kl_mean": kl_mean_avg}
-    stats["losses/kl_stddev"] = kl_stddev_avg
-    stats["losses/alpha_mean"] = dual(agent.log_alpha_mean).mean()
-    stats["losses/alpha_stddev"] = dual(agent.log_alpha_stddev).mean()
-    stats["charts/tradeoff"], stats["losses/log_ratio_mean"] = alpha.detach(), log_ratio.mean()
-    stats["losses/q_min"], stats["losses/q_max"] = q_task.min(), q_task.max()  # Acme's diagnostics
-    stats["losses/pi_stddev_min"], stats["losses/pi_stddev_max"] = stddev.min(), stddev.max()
-    bounds = [args.epsilon] if args.method == "ls" else [args.epsilon, args.epsilon_teacher]
-    for k, (eta, kl, bound) in enumerate(zip(dual(agent.log_temperature), kl_q, bounds)):
-        if k == 1 and args.fixed_eta2:  # η_2 = 1 is fixed and unbounded: its KL is logged as it is
-            stats["losses/temperature_1"], stats["losses/kl_q_1"] = eta.new_tensor(1.0), kl
-        else:
-            stats[f"losses/temperature_{k}"], stats[f"losses/kl_q_rel_{k}"] = eta, kl / bound
-    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev  # trains η, α_μ, α_σ
+    penalty_stddev, loss_alpha_stddev, kl_stddev_avg = compute_kl_penalty_and_dual_loss(
+        kl_stddev, alpha_stddev, args.epsilon_stddev
+    )
+    # The policy loss trains π_θ; the dual losses train η, α_μ and α_σ.
+    loss_policy = cross_entropy + penalty_mean + penalty_stddev
+    loss_dual = temperature_loss + loss_alpha_mean + loss_alpha_stddev
     loss = loss_policy + loss_dual
-    if args.learn_alpha:  # J(α) = α·(E[Q] - c) (Sec. 6.3), E[Q] as the actors' latest return
-        stats["losses/return_minus_threshold"] = agent.policy_return - args.return_threshold
-        loss = loss + alpha * stats["losses/return_minus_threshold"]
+    # q_* and pi_stddev_*: Acme's diagnostics; η_1 and its E-step's KL relative to its bound.
+    stats = {
+        "policy_loss": loss_policy,
+        "kl_mean": kl_mean_avg,
+        "kl_stddev": kl_stddev_avg,
+        "alpha_mean": alpha_mean.mean(),
+        "alpha_stddev": alpha_stddev.mean(),
+        "tradeoff": alpha,
+        "log_ratio_mean": batch.log_ratio.mean(),
+        "q_min": batch.q_task.min(),
+        "q_max": batch.q_task.max(),
+        "pi_stddev_min": stddev.min(),
+        "pi_stddev_max": stddev.max(),
+        "temperature_0": temperature[0],
+        "kl_q_rel_0": kl_q[0] / args.epsilon,
+    }
+    # DiME's η_2 likewise; a fixed η_2 = 1 bounds nothing, so its KL is logged as it is.
+    if args.method == "dime" and args.fixed_eta2:
+        stats["temperature_1"] = torch.ones_like(temperature[1])
+        stats["kl_q_1"] = kl_q[1]
+    elif args.method == "dime":
+        stats["temperature_1"] = temperature[1]
+        stats["kl_q_rel_1"] = kl_q[1] / args.epsilon_teacher
+    # The learned trade-off descends J(α) = α·(E[Q] - c) (Sec. 6.3), E[Q] the actors' latest mean return.
+    if args.learn_alpha:
+        stats["return_minus_threshold"] = agent.policy_return - args.return_threshold
+        loss = loss + alpha * stats["return_minus_threshold"]
     return loss, stats
 
 
 # ==== 7a. Replay on the device: 1-step transitions per actor, n-step returns built when sampled ===========
 class Replay:
-    """Ring buffer of [rows, E] transitions. n-step windows never cross an episode end (terminal or cut)."""
+    """Ring buffer of [rows, E] transitions, float32 but for the bool flags "terminals" (a true end) and
+    "ends" (an end or a cut). n-step windows never cross an episode end."""
 
     KEYS = ("obs", "actions", "rewards", "next_obs", "terminals", "ends")
 
     def __init__(self, capacity: int, num_envs: int, obs_dim: int, act_dim: int, device):
-        self.rows, self.pos, self.full = max(capacity // num_envs, 1), 0, False
+        self.rows = max(capacity // num_envs, 1)
+        self.pos = 0
+        self.full = False
         dims = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,)}
         self.data = {}
-        for k in self.KEYS:  # float32 transitions; bool flags "terminals" (true end) and "ends" (end or cut)
+        for k in self.KEYS:
             dtype = torch.float32 if k in dims else torch.bool
             self.data[k] = torch.zeros(self.rows, num_envs, *dims.get(k, ()), device=device, dtype=dtype)
 
@@ -514,7 +585,8 @@ class Replay:
 
     def sample(self, batch_size: int, n: int, gamma: float, gen: torch.Generator):
         """n-step transitions: R = Σ_{k<m} γ^k r_{t+k}, discount γ^m·(1 - terminal), m ≤ n steps."""
-        d, device = self.data, self.data["obs"].device
+        d = self.data
+        device = d["obs"].device
         size, start = (self.rows, self.pos) if self.full else (self.pos, 0)
         t = (start + torch.randint(0, size - n + 1, (batch_size,), device=device, generator=gen)) % self.rows
         e = torch.randint(0, d["obs"].shape[1], (batch_size,), device=device, generator=gen)
@@ -541,29 +613,31 @@ class Replay:
 
 # ==== 8. Learner step: one update of critic, policy, duals and trade-off ==================================
 def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms, args: Args, gen) -> dict:
-    """One gradient step on every parameter group; returns metric tensors (no host sync)."""
+    """One gradient step on every parameter group; returns the statistics as tensors (no host sync)."""
     obs, actions, returns, discounts, states = replay.sample(args.batch_size, args.n_step, args.gamma, gen)
-    with torch.autocast(obs.device.type, torch.bfloat16, enabled=args.bf16):  # --bf16: matmuls in bfloat16
-        with torch.no_grad():  # N actions from the target policy π_i at s_{t+n}, scored by both objectives
+    # --bf16: matmuls in bfloat16 (heads, losses and weights stay fp32).
+    with torch.autocast(obs.device.type, torch.bfloat16, enabled=args.bf16):
+        # N actions from the target policy π_i at s_{t+n}, scored by both objectives.
+        with torch.no_grad():
             target_mean, target_stddev = agent.target_policy(states)
             noise = torch.randn(args.num_samples, *target_mean.shape, device=states.device, generator=gen)
             sampled = target_mean + target_stddev * noise  # [N, B, D]
             next_pmfs = agent.target_critic(states, sampled).softmax(-1)  # [N, B, I]
             target_pmfs = c51_target(next_pmfs, returns, discounts, atoms)
             q_task = (next_pmfs * atoms).sum(-1)  # [N, B]
-            with torch.autocast(states.device.type, enabled=False):  # π_b in fp32 under --bf16, as the heads
+            # π_b in fp32 under --bf16, as the heads.
+            with torch.autocast(states.device.type, enabled=False):
                 teacher_mean, teacher_stddev = teacher(states)
-            log_ratio = gaussian_log_prob(sampled, teacher_mean, teacher_stddev) - gaussian_log_prob(
-                sampled, target_mean, target_stddev
-            )  # log π_b(a|s) - log π_i(a|s): the teacher objective's "Q" (eq. 6-8)
+            # log π_b(a|s) - log π_i(a|s): the teacher objective's "Q" (eq. 6-8).
+            log_teacher = gaussian_log_prob(sampled, teacher_mean, teacher_stddev)
+            log_ratio = log_teacher - gaussian_log_prob(sampled, target_mean, target_stddev)  # [N, B]
         batch = PolicyBatch(states, target_mean, target_stddev, sampled, q_task, log_ratio)
         loss, stats = policy_loss(agent, batch, args)
-        stats["losses/critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
-    loss = loss + stats["losses/critic_loss"]
-    stats["losses/q_mean"], stats["loss"] = q_task.mean(), loss.detach()
+        stats["critic_loss"] = critic_loss(agent.critic(obs, actions), target_pmfs)
+    stats["q_mean"] = batch.q_task.mean()
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss + stats["critic_loss"]).backward()
     for name in NETWORKS:
         nn.utils.clip_grad_norm_(getattr(agent, name).parameters(), args.grad_clip)
     for opt in optimizers.values():
@@ -572,7 +646,8 @@ def learner_step(agent: Agent, optimizers: dict, replay: Replay, teacher, atoms,
         for p in agent.duals():
             p.clamp_(min=MIN_LOG_DUAL)
         agent.tradeoff_logit.clamp_(-args.tradeoff_logit_bound, args.tradeoff_logit_bound)
-    return {k: v.detach() for k, v in stats.items()}  # no autograd graph kept until the log
+    # Detached, so that no autograd graph is kept until the log; TensorBoard's names (α is a chart).
+    return {("charts/" if k == "tradeoff" else "losses/") + k: v.detach() for k, v in stats.items()}
 
 
 # ========================================================================================================
@@ -588,10 +663,10 @@ class Run:
     def __init__(self, args: Args, state: TrainState):
         from torch.utils.tensorboard import SummaryWriter
 
-        config, stamp = dataclasses.asdict(args), int(time.time())
-        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{stamp}"
+        config = dataclasses.asdict(args)
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.dir = os.path.join(args.output_dir, name)
-        if args.resume:  # continue in the checkpoint's directory
+        if args.resume:
             self.dir = os.path.dirname(os.path.abspath(args.resume))
             name = os.path.basename(self.dir)
         try:
@@ -604,10 +679,12 @@ class Run:
             import wandb
 
             wandb.init(project=args.wandb_project_name, config=config, name=name, sync_tensorboard=True)
-        self.writer, table = SummaryWriter(self.dir), "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        self.writer = SummaryWriter(self.dir)
+        table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        # disable=None: no bar when not a terminal (Run.log prints a line instead).
         bar = dict(unit="env step", desc=args.env_id, dynamic_ncols=True, disable=None)
-        self.progress = tqdm(total=args.total_env_steps, initial=state.env_steps, **bar)  # off when not a tty
+        self.progress = tqdm(total=args.total_env_steps, initial=state.env_steps, **bar)
         self.start = time.time() - state.wall_time
         # The rate and ETA count this process's steps over its time outside evaluations.
         self.first_steps = (state.learner_steps, state.env_steps)
@@ -616,10 +693,11 @@ class Run:
         self.evaluations = 0
         self.eval_every = args.eval_every
 
-    def log(self, agent: Agent, metrics: list[dict], step: int, env_steps: int) -> None:
+    def log(self, agent: Agent, metrics: list[dict], state: TrainState) -> None:
         """Average the metric tensors since the last log with one device->host copy."""
+        step = state.learner_steps
         check_finite(agent, step, self.dir)
-        keys = [k for k in metrics[0] if k != "loss"]
+        keys = list(metrics[0])
         values = torch.stack([torch.stack([m[k] for m in metrics]).mean() for k in keys]).tolist()
         metrics.clear()
         for k, v in zip(keys, values):
@@ -629,17 +707,15 @@ class Run:
         self.writer.add_scalar("charts/SPS", sps, step)
         # Not a terminal (nohup, a batch job): a line stands in for the bar.
         if self.progress.disable:
+            env_steps = state.env_steps
             env_steps_done = max(env_steps - self.first_steps[1], 1)
             env_steps_left = self.progress.total - env_steps
-            evaluations_left = (
-                env_steps_left * (step - self.first_steps[0]) / env_steps_done // self.eval_every
-            )
+            learner_steps_left = env_steps_left * (step - self.first_steps[0]) / env_steps_done
+            evaluations_left = learner_steps_left // self.eval_every
             seconds_per_evaluation = self.eval_seconds / max(self.evaluations, 1)
             eta = env_steps_left * seconds / env_steps_done + evaluations_left * seconds_per_evaluation
-            line = (
-                f"env step {env_steps}/{self.progress.total}, learner step {step}: {sps:.1f} learner steps/s"
-            )
-            print(f"{line}, ETA {eta / 60:.0f} min", flush=True)
+            rate = f"{sps:.1f} learner steps/s, ETA {eta / 60:.0f} min"
+            print(f"env step {env_steps}/{self.progress.total}, learner step {step}: {rate}", flush=True)
 
 
 @dataclass
@@ -663,7 +739,8 @@ def main(args: Args, typed: frozenset[str] = frozenset()) -> dict:
 
 def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     """Seeding, actors, learner, the training loop (sections 1-8), the final evaluation and results."""
-    os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering needed; before dm_control loads
+    # Evaluation renders nothing; set before dm_control loads.
+    os.environ.setdefault("MUJOCO_GL", "disable")
     check_args(args)
     ckpt = load_checkpoint(args, typed) if args.resume else None
     args = ckpt["args"] if ckpt else args
@@ -677,11 +754,13 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
     (obs_dim,), (act_dim,) = envs.single_observation_space.shape, envs.single_action_space.shape
     teacher = load_teacher(args, obs_dim, act_dim, device)
     state = TrainState(**ckpt["state"]) if ckpt else TrainState()
-    if state.teacher_returns is None:  # the teacher's own evaluation: a line on the plots
+    # Measured once (a resumed run keeps them): the teacher's return, a line on the plots, and c from its
+    # sampled actions, as an α = 1 student acts.
+    if state.teacher_returns is None:
         print(f"teacher: evaluating ({args.eval_episodes} episodes)")
         state.teacher_returns = evaluate(teacher, args, 0, device, stream=2).tolist()
-    if args.learn_alpha and args.return_threshold is None:  # c, measured once; a resumed run keeps it
-        sampled = evaluate(teacher, args, 0, device, stream=3, sample=True)  # as an α = 1 student acts
+    if args.learn_alpha and args.return_threshold is None:
+        sampled = evaluate(teacher, args, 0, device, stream=3, sample=True)
         args = dataclasses.replace(args, return_threshold=(1 - args.threshold_margin) * float(sampled.mean()))
     line = f"teacher: return {np.mean(state.teacher_returns):.1f}"
     print(line + (f"; threshold c = {args.return_threshold:.1f}" if args.learn_alpha else ""))
@@ -701,13 +780,16 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
         if checkpoint_every and state.learner_steps - state.last_ckpt >= checkpoint_every:
             save_checkpoint(run, args, learner, state)
         run_round(envs, learner, args, state, run, stop)
-    if stop.signum:  # checkpoint the learner step reached, print the --resume line, exit
+    # A stop during the loop: checkpoint the learner step reached, print the --resume line, exit.
+    if stop.signum:
         stop.end_loop(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
-    if checkpoint_every:  # before the final evaluation, which an extended (resumed) run would not make
+    # Before the final evaluation, which an extended (resumed) run would not make.
+    if checkpoint_every:
         save_checkpoint(run, args, learner, state)
     evaluate_and_log(agent, args, state, run)
     state.wall_time = time.time() - run.start
-    run.progress.close(), run.writer.close()
+    run.progress.close()
+    run.writer.close()
     if args.save_model:
         export_policy(agent, args, os.path.join(run.dir, "policy.pt2"))
     return write_results(args, state, run.dir)
@@ -758,8 +840,9 @@ class StopSignals:
 
 
 def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run, stop: StopSignals) -> None:
-    """Every actor plays one episode (lockstep, resets seeded by the round); learner steps interleave. A stop
-    mid-episode returns after the current learner or env step; a resumed round re-executes its actions."""
+    """Every actor plays one episode (lockstep, resets seeded by the round; the first end ends the round);
+    learner steps interleave. A stop mid-episode returns after the current learner or env step; a resumed
+    round re-executes its actions."""
     device = learner.atoms.device
     obs, _ = envs.reset(seed=round_seeds(args.seed, state.round, 0, args.num_envs))
     episode_return = torch.zeros(args.num_envs, device=device)
@@ -775,16 +858,18 @@ def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run, s
             learn(learner, args, state, run)
             state.credit -= 1.0
             continue
-        with torch.no_grad():  # fp32 even with --bf16: faster for E observations (docs/results.md)
+        # fp32 even with --bf16: faster for E observations (docs/results.md).
+        with torch.no_grad():
             mean, stddev = learner.agent.policy(obs)
             noise = torch.randn(mean.shape, device=device, generator=learner.gen)
             actions = (mean + stddev * noise).clamp(-1.0, 1.0)
         executed = actions.cpu().numpy()
-        if not np.isfinite(executed).all():  # diverged since the last log: stop before the physics does
+        # Diverged since the last log: stop before the physics does.
+        if not np.isfinite(executed).all():
             check_finite(learner.agent, state.learner_steps, run.dir)
         state.round_actions.append(executed.tolist())
         next_obs, reward, terminated, truncated, _ = envs.step(executed)
-        done = bool(np.any(terminated | truncated))  # one actor's end ends the round (module docstring)
+        done = bool(np.any(terminated | truncated))
         rewards = torch.as_tensor(reward, dtype=torch.float32, device=device)
         transition = dict(obs=obs, actions=actions, rewards=rewards, terminals=torch.as_tensor(terminated))
         obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
@@ -794,7 +879,7 @@ def run_round(envs, learner: Learner, args: Args, state: TrainState, run: Run, s
         run.progress.update(args.num_envs)
         if state.env_steps >= max(args.learning_starts, args.num_envs * args.n_step):
             state.credit += args.num_envs * args.replay_ratio
-    learner.agent.policy_return.fill_(episode_return.mean())  # the learned trade-off's E[Q] (policy_loss)
+    learner.agent.policy_return.fill_(episode_return.mean())
     run.writer.add_scalar("charts/episodic_return", episode_return.mean().item(), state.env_steps)
     state.round += 1
     state.round_actions = []
@@ -810,7 +895,7 @@ def learn(learner: Learner, args: Args, state: TrainState, run: Run) -> None:
     if state.learner_steps % args.target_update_period == 0:
         learner.agent.update_targets()
     if state.learner_steps % args.log_every == 0:
-        run.log(learner.agent, learner.metrics, state.learner_steps, state.env_steps)
+        run.log(learner.agent, learner.metrics, state)
 
 
 # ==== 10. Evaluation ======================================================================================
@@ -821,8 +906,9 @@ def evaluate(policy, args: Args, round_idx: int, device, stream: int = 1, sample
     envs = make_envs(args.env_id, args.eval_episodes)
     seeds = round_seeds(args.seed, round_idx, stream, args.eval_episodes)
     obs, _ = envs.reset(seed=seeds)
-    gen = torch.Generator(device).manual_seed(seeds[0])  # its own stream: training's RNG is untouched
-    returns, alive = np.zeros(args.eval_episodes), np.ones(args.eval_episodes, bool)
+    gen = torch.Generator(device).manual_seed(seeds[0])
+    returns = np.zeros(args.eval_episodes)
+    alive = np.ones(args.eval_episodes, bool)
     while alive.any():
         mean, stddev = policy(torch.as_tensor(obs, dtype=torch.float32, device=device))
         actions = mean + stddev * torch.randn(mean.shape, device=device, generator=gen) if sample else mean
@@ -854,9 +940,11 @@ def evaluate_and_log(agent: Agent, args: Args, state: TrainState, run: Run) -> N
 def write_results(args: Args, state: TrainState, run_dir: str) -> dict:
     """results.json (docs/dime_finetune.md) with the teacher's return and the trade-off over time; curve.png:
     evaluation return against env steps with the teacher's return as a line (Fig. 3), and α over time."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure to close
+    from matplotlib.figure import Figure
 
-    last, evals, teacher = state.evaluations[-1], state.evaluations, state.teacher_returns
+    evals = state.evaluations
+    last = evals[-1]
+    teacher = state.teacher_returns
     results = {"algo": SCRIPT[:-3], "method": args.method, "env_id": args.env_id, "seed": args.seed}
     results.update(alpha=None if args.learn_alpha else args.alpha, evaluations=evals)
     results["final"] = {"alpha": last["alpha"], "mean": last["mean"], "std": float(np.std(last["returns"]))}
@@ -864,7 +952,7 @@ def write_results(args: Args, state: TrainState, run_dir: str) -> dict:
     results.update(return_threshold=args.return_threshold, learner_steps=state.learner_steps)
     results.update(env_steps=state.env_steps, wall_time_s=state.wall_time, args=dataclasses.asdict(args))
     results["learner_steps_per_second"] = state.learner_steps / max(state.wall_time, 1e-9)
-    results["precision"] = "bf16 autocast, fp32 heads" if args.bf16 else "fp32"  # after check_device
+    results["precision"] = "bf16 autocast, fp32 heads" if args.bf16 else "fp32"
     write_json(os.path.join(run_dir, "results.json"), results)
     env_steps = [e["env_steps"] for e in evals]
     fig = Figure(figsize=(5, 5), layout="tight")
@@ -885,8 +973,8 @@ def write_json(path: str, obj) -> None:
 
 
 def atomic_write(path: str, write) -> None:
-    """Write a temporary file beside `path` and rename it: a crash never leaves half a file at `path`."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")  # same suffix
+    """Write a temporary file beside `path` (same suffix) and rename it: a crash never leaves half a file."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}.{os.path.basename(path)}")
     write(tmp)
     os.replace(tmp, path)
 
@@ -894,7 +982,8 @@ def atomic_write(path: str, write) -> None:
 def save_checkpoint(run: Run, args: Args, learner: Learner, state: TrainState) -> None:
     """All --resume needs: networks, targets, duals, α, optimisers, replay, RNG, metrics, TrainState."""
     check_finite(learner.agent, state.learner_steps, run.dir)
-    state.wall_time, state.last_ckpt = time.time() - run.start, state.learner_steps
+    state.wall_time = time.time() - run.start
+    state.last_ckpt = state.learner_steps
     ckpt = dict(script=SCRIPT, args=dataclasses.asdict(args), agent=learner.agent.state_dict())
     ckpt["optimizers"] = {k: o.state_dict() for k, o in learner.optimizers.items()}
     ckpt.update(replay=learner.replay.state_dict(), rng=learner.gen.get_state(), metrics=learner.metrics)
@@ -906,7 +995,7 @@ def load_checkpoint(args: Args, typed: frozenset[str] = frozenset()) -> dict:
     """A --resume checkpoint with the flags a resume may change; refuses bad files and clashing flags."""
     try:
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file (pickle, zip, I/O) is the same user error
+    except Exception as e:
         fail(f"--resume {args.resume} is not a readable checkpoint ({type(e).__name__}); give a checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
         fail(f"--resume {args.resume} was not written by {SCRIPT}; pass one of its own")
@@ -933,7 +1022,7 @@ def restore(ckpt: dict, learner: Learner) -> None:
     """Load a checkpoint's networks, optimisers, replay, RNG and metrics since the last log in place."""
     try:
         learner.agent.load_state_dict(ckpt["agent"])
-    except RuntimeError as e:  # written by another version of this script: other parameters
+    except RuntimeError as e:
         missing = str(e).splitlines()[-1].strip()
         fail(f"--resume: the checkpoint's parameters do not fit this script ({missing}); start a new run")
     for k, opt in learner.optimizers.items():
@@ -947,7 +1036,8 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
     """torch.export of the policy: `torch.export.load(path).module()(obs)` -> (mean, stddev); meta.json."""
     policy = Policy(agent.policy.torso[0].in_features, agent.policy.mean.out_features, args.hidden_sizes)
     policy.load_state_dict(agent.policy.state_dict())
-    example, batch = torch.zeros(2, policy.torso[0].in_features), torch.export.Dim("batch", min=1)
+    example = torch.zeros(2, policy.torso[0].in_features)
+    batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(policy.cpu().eval(), (example,), dynamic_shapes=({0: batch},))
     meta = {"env_id": args.env_id, "obs_dim": example.shape[1], "act_dim": policy.mean.out_features}
     meta.update(hidden_sizes=list(args.hidden_sizes), script=SCRIPT)
@@ -955,5 +1045,6 @@ def export_policy(agent: Agent, args: Args, path: str) -> None:
 
 
 if __name__ == "__main__":
-    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])  # on the command line, even at the default
+    # The flags on the command line, even those given at their default (load_checkpoint).
+    typed = frozenset(a.split("=")[0] for a in sys.argv[1:])
     main(tyro.cli(Args, description=__doc__.split("\n\n")[0]), typed)

@@ -93,7 +93,8 @@ def test_ls_weights_scalarise_before_the_softmax():
     q_task, log_ratio, alpha = torch.randn(6, 4) * 3, torch.randn(6, 4), torch.tensor(0.25)
     for method in ("ls", "dime"):
         args = ft.Args(method=method, hidden_sizes=(8,), init_temperature=2.0)
-        weights, _, _ = ft.e_step(ft.Agent(3, 1, args), q_task, log_ratio, alpha, args)
+        temperature = ft.dual(ft.Agent(3, 1, args).log_temperature)
+        weights, _, _ = ft.e_step(q_task, log_ratio, temperature, alpha, args)
         if method == "ls":
             expected = torch.softmax(((1 - alpha) * q_task + alpha * log_ratio) / 2.0, 0)
         else:
@@ -214,9 +215,11 @@ def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers
     logged = {}
     real_log, real_learn = ft.Run.log, ft.learn
 
-    def record(self, agent, metrics, step, *rest):
-        logged[step] = {k: torch.stack([m[k] for m in metrics]).mean().item() for k in metrics[0]}
-        real_log(self, agent, metrics, step, *rest)
+    def record(self, agent, metrics, state):
+        logged[state.learner_steps] = {
+            k: torch.stack([m[k] for m in metrics]).mean().item() for k in metrics[0]
+        }
+        real_log(self, agent, metrics, state)
 
     def learn_then_stop(learner, args, state, run):
         real_learn(learner, args, state, run)
