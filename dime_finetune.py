@@ -705,7 +705,6 @@ class Run:
         seconds = max(time.time() - self.clock - self.eval_seconds, 1e-9)
         sps = (step - self.first_steps[0]) / seconds
         self.writer.add_scalar("charts/SPS", sps, step)
-        # Not a terminal (nohup, a batch job): a line stands in for the bar.
         if self.progress.disable:
             env_steps = state.env_steps
             env_steps_done = max(env_steps - self.first_steps[1], 1)
@@ -781,8 +780,7 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
             save_checkpoint(run, args, learner, state)
         run_round(envs, learner, args, state, run, stop)
     # A stop during the loop: checkpoint the learner step reached, print the --resume line, exit.
-    if stop.signum:
-        stop.end_loop(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
+    stop.end_loop(lambda: save_checkpoint(run, args, learner, state), state.learner_steps)
     # Before the final evaluation, which an extended (resumed) run would not make.
     if checkpoint_every:
         save_checkpoint(run, args, learner, state)
@@ -796,9 +794,8 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM during the training loop set `signum`: the loop ends after its learner step, `end_loop`
-    checkpoints and exits. Before the loop, after it, or a second signal: exit at once. The handlers that
-    were there before are back when the `with` block ends (a caller of `main` keeps its own)."""
+    """SIGINT/SIGTERM in the training loop set `signum`: the loop ends after its step, `end_loop` checkpoints
+    and exits; before or after the loop, or twice: exit at once. `with` gives the caller's handlers back."""
 
     signum = 0
     run = None

@@ -859,9 +859,8 @@ def train(args: Args, typed: frozenset[str], stop: "StopSignals") -> dict:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM during the training loop set `signum`: the loop ends after its learner step, `end_loop`
-    checkpoints and exits. Before the loop, after it, or a second signal: exit at once. The handlers that
-    were there before are back when the `with` block ends (a caller of `main` keeps its own)."""
+    """SIGINT/SIGTERM in the training loop set `signum`: the loop ends after its step, `end_loop` checkpoints
+    and exits; before or after the loop, or twice: exit at once. `with` gives the caller's handlers back."""
 
     signum = 0
     run = None

@@ -173,8 +173,11 @@ def test_the_online_line_printed_off_a_terminal_gives_the_runs_rate_and_eta(
     clock = FakeClock()
     monkeypatch.setattr(module.time, "time", clock)
     state = module.TrainState()
-    run = module.Run(args, state, "env_steps", args.total_env_steps) if script == "dime_morl" else None
-    run = run or module.Run(args, state)
+    if script == "dime_morl":
+        # dime_morl's bar counts env steps on control tasks, learner steps on a bandit.
+        run = module.Run(args, state, "env_steps", args.total_env_steps)
+    else:
+        run = module.Run(args, state)
     run.progress.disable = True
     clock.now += 100.0
     run.eval_seconds += 100.0
