@@ -367,9 +367,11 @@ def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers
     logged = {}
     real_log, real_learn = m.Run.log, m.learn
 
-    def record(self, agent, metrics, step, *rest):
-        logged[step] = {k: torch.stack([x[k] for x in metrics]).mean().item() for k in metrics[0]}
-        real_log(self, agent, metrics, step, *rest)
+    def record(self, agent, metrics, state):
+        logged[state.learner_steps] = {
+            k: torch.stack([x[k] for x in metrics]).mean().item() for k in metrics[0]
+        }
+        real_log(self, agent, metrics, state)
 
     def learn_then_stop(learner, args, state, run):
         real_learn(learner, args, state, run)
