@@ -1,10 +1,12 @@
 """Tests use tiny networks: one intra-op thread is faster than two for them and immune to a busy machine.
 
 `script_runner` runs the top-level scripts as their own processes without paying for their imports each
-time (tests/test_bad_inputs.py, tests/test_robustness.py)."""
+time (tests/test_bad_inputs.py, tests/test_robustness.py); `stop_after_learner_step` stops an online run
+in this process at a chosen learner step."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -135,3 +137,35 @@ def script_runner(tmp_path_factory):
     runner = ScriptRunner(str(tmp_path_factory.mktemp("script_runner")))
     yield runner
     runner.close()
+
+
+# ------------------------------------------------------------------------------ online stop mid-round
+class StopAfterLearnerStep:
+    """For an online script run in this process: records every `Run.log`'s averages by learner step, and,
+    while armed, sends SIGTERM to the process after learner step `step`, where the script's own handler
+    stops the run at the learner step it is in (tests/test_dime_finetune.py, tests/test_dime_morl_runs.py)."""
+
+    def __init__(self, module, monkeypatch, step: int):
+        self.logged = {}
+        self.armed = False
+        real_log = module.Run.log
+        real_learn = module.learn
+
+        def record(run, agent, metrics, state):
+            means = {k: torch.stack([m[k] for m in metrics]).mean().item() for k in metrics[0]}
+            self.logged[state.learner_steps] = means
+            real_log(run, agent, metrics, state)
+
+        def learn_then_stop(learner, args, state, run):
+            real_learn(learner, args, state, run)
+            if self.armed and state.learner_steps == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(module.Run, "log", record)
+        monkeypatch.setattr(module, "learn", learn_then_stop)
+
+
+@pytest.fixture
+def stop_after_learner_step(monkeypatch):
+    """StopAfterLearnerStep(module, step), unarmed, undone after the test."""
+    return lambda module, step: StopAfterLearnerStep(module, monkeypatch, step)

@@ -201,7 +201,7 @@ def policy_outputs(policy, args, round_idx, device, *rest, **kwargs) -> np.ndarr
     return (mean + stddev).sum(-1).double().cpu().numpy()
 
 
-def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers):
+def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers, stop_after_learner_step):
     """SIGTERM after learner step 25, in the middle of the round with one more learner step owed for the last
     env step (two per env step): the checkpoint holds the round's actions so far and the 5 metrics since the
     log at step 20; --resume re-executes the actions and ends where an uninterrupted run ends, every log
@@ -212,24 +212,10 @@ def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers
     kwargs.update(learn_alpha=True, return_threshold=100.0, log_every=10, checkpoint_every=0)
     monkeypatch.setattr(ft, "load_teacher", lambda *args: ConstantTeacher())
     monkeypatch.setattr(ft, "evaluate", policy_outputs)
-    logged = {}
-    real_log, real_learn = ft.Run.log, ft.learn
-
-    def record(self, agent, metrics, state):
-        logged[state.learner_steps] = {
-            k: torch.stack([m[k] for m in metrics]).mean().item() for k in metrics[0]
-        }
-        real_log(self, agent, metrics, state)
-
-    def learn_then_stop(learner, args, state, run):
-        real_learn(learner, args, state, run)
-        if state.learner_steps == 25:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(ft.Run, "log", record)
+    stopper = stop_after_learner_step(ft, 25)
     whole = ft.main(ft.Args(**kwargs, output_dir=str(tmp_path / "whole")))
-    whole_logs = dict(logged)
-    monkeypatch.setattr(ft, "learn", learn_then_stop)
+    whole_logs = dict(stopper.logged)
+    stopper.armed = True
     with pytest.raises(SystemExit) as stopped:
         ft.main(ft.Args(**kwargs, output_dir=str(tmp_path / "stopped")))
     assert stopped.value.code == 128 + signal.SIGTERM
@@ -239,9 +225,9 @@ def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers
     state = checkpoint["state"]
     assert state["learner_steps"] == 25 and state["credit"] >= 1.0 and state["round"] == 0
     assert 950 < len(state["round_actions"]) < 1000 and len(checkpoint["metrics"]) == 5
-    monkeypatch.setattr(ft, "learn", real_learn)
-    logged.clear()
+    stopper.armed = False
+    stopper.logged.clear()
     resumed = ft.main(ft.Args(resume=str(path)))
-    assert 30 in logged and all(logged[step] == whole_logs[step] for step in logged)
+    assert 30 in stopper.logged and all(stopper.logged[step] == whole_logs[step] for step in stopper.logged)
     for key in ("evaluations", "final", "learner_steps", "env_steps"):
         assert resumed[key] == whole[key], key

@@ -356,7 +356,7 @@ def policy_outputs(agent, args, alpha, round_idx, device, *rest, **kwargs) -> np
     return torch.stack([mean.sum(), stddev.sum()])[None].double().cpu().numpy()
 
 
-def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers):
+def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers, stop_after_learner_step):
     """--multi (the round's trade-offs are drawn from the learner's RNG): SIGTERM after learner step 25, mid-
     episode with one more learner step owed for the last env step (two per env step). The checkpoint holds
     the round's trade-offs, its actions so far and the metrics since the log at step 20; --resume
@@ -364,24 +364,10 @@ def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers
     kwargs = dict(TINY_CONTROL, multi=True, eval_alphas=[0.5], total_env_steps=1000, learning_starts=950)
     kwargs.update(replay_ratio=2.0, log_every=10, checkpoint_every=0)
     monkeypatch.setattr(m, "evaluate", policy_outputs)
-    logged = {}
-    real_log, real_learn = m.Run.log, m.learn
-
-    def record(self, agent, metrics, state):
-        logged[state.learner_steps] = {
-            k: torch.stack([x[k] for x in metrics]).mean().item() for k in metrics[0]
-        }
-        real_log(self, agent, metrics, state)
-
-    def learn_then_stop(learner, args, state, run):
-        real_learn(learner, args, state, run)
-        if state.learner_steps == 25:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(m.Run, "log", record)
+    stopper = stop_after_learner_step(m, 25)
     whole = run(tmp_path / "whole", **kwargs)
-    whole_logs = dict(logged)
-    monkeypatch.setattr(m, "learn", learn_then_stop)
+    whole_logs = dict(stopper.logged)
+    stopper.armed = True
     with pytest.raises(SystemExit) as stopped:
         run(tmp_path / "stopped", **kwargs)
     assert stopped.value.code == 128 + signal.SIGTERM
@@ -390,8 +376,8 @@ def test_a_stop_mid_round_resumes_exactly(tmp_path, monkeypatch, signal_handlers
     state = checkpoint["state"]
     assert state["learner_steps"] == 25 and state["credit"] >= 1.0 and len(state["round_alphas"]) == 1
     assert 950 < len(state["round_actions"]) < 1000 and len(checkpoint["metrics"]) == 5
-    monkeypatch.setattr(m, "learn", real_learn)
-    logged.clear()
+    stopper.armed = False
+    stopper.logged.clear()
     resumed = m.main(m.Args(resume=path))
-    assert 30 in logged and all(logged[step] == whole_logs[step] for step in logged)
+    assert 30 in stopper.logged and all(stopper.logged[step] == whole_logs[step] for step in stopper.logged)
     assert strip_times(resumed) == strip_times(whole)
