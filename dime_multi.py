@@ -472,8 +472,8 @@ def bc_objective_weights(q_sampled: torch.Tensor, q_dataset: torch.Tensor, args:
 def policy_loss(agent: Agent, batch: PolicyBatch, args: Args) -> tuple[torch.Tensor, dict]:
     """DiME at the batch's conditioned states [B, S + 1] (last column: α): the RL objective's E-step weights
     the N actions sampled from π_i = N(target_mean, target_stddev), the BC objective's the dataset action;
-    the M-step fits their per-sample α-mixture (eq. 11) where a dataset action exists (`valid`). Returns the
-    loss and its statistics."""
+    the M-step fits their per-sample α-mixture (eq. 11); a state without a dataset action (`valid` 0,
+    ≤ n/1000) weighs 0 in the mean over B."""
     alpha = batch.states[:, -1]
     temperature = dual(agent.log_temperature)
     alpha_mean = dual(agent.log_alpha_mean)
